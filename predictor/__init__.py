@@ -1,0 +1,3 @@
+"""predictor: tick-by-tick ensemble forecasting of many time series."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The four prediction kernels, each an optax-style ``init`` / ``update`` pair."""
