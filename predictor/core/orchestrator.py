@@ -1,0 +1,224 @@
+"""Orchestrator: entropic JKO weights over the four kernels, circuit breaker.
+
+Per kernel i, ``L_i`` is the EMA (rate ``1 / entropy_window``) of its loss on
+standardised errors ``e_i / sigma_t``: squared in Standard mode, Huber
+(delta 1) in Robust and Emergency modes. With
+``eps_t = max(eps_min, epsilon (1 + sinkhorn_alpha sigma_z))`` and the
+ground cost ``C_ij = (p_i - p_j)^2 / sigma_t^2``, one JKO step
+
+    w_{k+1} = argmin_w  <L, w> + eps_t <w, log w> + W_C(w, w_k) / (2 tau)
+
+is solved in its entropic form (Peyré 2015, "Entropic approximation of
+Wasserstein gradient flows") by log-domain scaling iterations on the 4x4
+plan ``pi = diag(a) K diag(b)``, ``K = exp(-C / (2 tau eps_t))``:
+
+    a <- w_k / (K b);   q = K^T a;   b <- (q exp(-(L + eps_t) / eps_t))^(1/2) / q
+
+and ``w_{k+1} = pi^T 1``. Limits (tested): tau -> inf gives the Gibbs
+weights softmax(-L / (2 eps_t)); tau -> 0 keeps w_k; eps_t -> inf gives
+uniform weights.
+
+Overrides, in order: a frozen gate keeps w_k; a CUSUM alarm resets the
+weights to uniform; the circuit breaker (EMA of the Hölder exponent below
+``holder_threshold``) publishes [0, 0, 0, 1]; mode collapse of kernel B
+publishes weight 0 for B. The breaker and collapse rules act on the
+*published* weights only: the JKO weights keep evolving underneath, so the
+ensemble resumes from informed weights when the override lifts.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from predictor.core.params import Params
+
+N_KERNELS = 4
+KERNEL_D = 3
+KERNEL_B = 1
+#: Tolerance of the first-marginal error |pi 1 - w_k|_1 (MODEL.md).
+MARGINAL_TOL = 1e-6
+#: Circuit-breaker exit margin above ``holder_threshold``.
+HOLDER_EXIT_MARGIN = 0.05
+#: Floor under log(w) so that exact zeros (after an override) stay finite.
+_LOG_FLOOR = -700.0
+
+MODE_STANDARD, MODE_ROBUST, MODE_EMERGENCY = 0, 1, 2
+
+
+class JKOResult(NamedTuple):
+    """One entropic JKO step: new weights, plan, convergence and diagnostics."""
+
+    weights: jax.Array  # (4,), on the simplex
+    plan: jax.Array  # (4, 4) transport plan pi
+    converged: jax.Array  # bool
+    iterations: jax.Array  # int
+    marginal_error: jax.Array  # |pi 1 - w_k|_1
+
+
+def huber(x: jax.Array, delta: float = 1.0) -> jax.Array:
+    """Huber loss: x^2 / 2 for |x| <= delta, delta (|x| - delta / 2) beyond.
+
+    Scaled by 2 so that it equals x^2 near zero, like the squared loss it
+    replaces, and the two modes' losses are on one scale.
+    """
+    ax = jnp.abs(x)
+    return 2.0 * jnp.where(ax <= delta, 0.5 * x * x, delta * (ax - 0.5 * delta))
+
+
+def jko_step(
+    w: jax.Array,
+    losses: jax.Array,
+    cost: jax.Array,
+    eps: jax.Array,
+    tau: jax.Array,
+    max_iter: int,
+    tol: float = MARGINAL_TOL,
+) -> JKOResult:
+    """Entropic JKO step by log-domain scaling iterations (see module doc).
+
+    ``w`` (4,) previous weights, ``losses`` (4,) normalised losses L,
+    ``cost`` (4, 4) normalised ground cost, ``eps`` entropic
+    regularisation, ``tau`` JKO step. When the first-marginal error does
+    not fall below ``tol`` within ``max_iter`` iterations the previous
+    weights are returned with ``converged = False``.
+    """
+    log_w = jnp.maximum(jnp.log(w), _LOG_FLOOR)
+    log_k = -cost / (2.0 * tau * eps)
+    prox = (losses + eps) / eps  # exp(-prox) is the KL-prox factor of F
+
+    def scale(g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        f = log_w - logsumexp(log_k + g[None, :], axis=1)
+        log_q = logsumexp(log_k + f[:, None], axis=0)
+        g_new = -0.5 * log_q - 0.5 * prox
+        return f, g_new, log_q
+
+    def marginal_error(f: jax.Array, g: jax.Array) -> jax.Array:
+        rows = jnp.exp(f + logsumexp(log_k + g[None, :], axis=1))
+        return jnp.sum(jnp.abs(rows - w))
+
+    def cond(carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        _, _, err, it = carry
+        return (err > tol) & (it < max_iter)
+
+    def body(
+        carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        _, g, _, it = carry
+        f, g_new, _ = scale(g)
+        return f, g_new, marginal_error(f, g_new), it + 1
+
+    zeros = jnp.zeros_like(w)
+    init = (zeros, zeros, jnp.asarray(jnp.inf, w.dtype), jnp.asarray(0, jnp.int32))
+    f, g, err, iters = jax.lax.while_loop(cond, body, init)
+    log_plan = f[:, None] + log_k + g[None, :]
+    plan = jnp.exp(log_plan)
+    new_w = plan.sum(axis=0)
+    new_w = new_w / new_w.sum()
+    converged = (err <= tol) & jnp.all(jnp.isfinite(new_w))
+    return JKOResult(jnp.where(converged, new_w, w), plan, converged, iters, err)
+
+
+def free_energy(
+    w: jax.Array, losses: jax.Array, eps: jax.Array, cost: jax.Array, plan: jax.Array, tau: jax.Array
+) -> jax.Array:
+    """``F(w) + <C, pi> / (2 tau)`` with ``F(w) = <L, w> + eps <w, log w>`` (0 log 0 = 0)."""
+    entropy_term = jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0))
+    return jnp.dot(losses, w) + eps * entropy_term + jnp.sum(cost * plan) / (2.0 * tau)
+
+
+class OrchState(NamedTuple):
+    """Orchestrator state of one asset."""
+
+    weights: jax.Array  # (4,) JKO weights (before overrides)
+    losses: jax.Array  # (4,) EMA of normalised kernel losses
+    holder_ema: jax.Array  # EMA of the Hölder exponent (circuit breaker input)
+    emergency: jax.Array  # bool, circuit breaker open
+    calm_steps: jax.Array  # int, consecutive steps above the exit level
+
+
+class OrchOut(NamedTuple):
+    """Published weights and telemetry of one step."""
+
+    weights: jax.Array  # (4,) after overrides, on the simplex
+    free_energy: jax.Array
+    converged: jax.Array  # bool
+    emergency: jax.Array  # bool
+    emergency_entered: jax.Array  # bool, breaker opened this step
+    mode: jax.Array  # int: MODE_STANDARD / MODE_ROBUST / MODE_EMERGENCY
+    eps: jax.Array
+
+
+def init() -> OrchState:
+    """Uniform weights, zero losses, H EMA at 0.5 (Brownian prior), breaker closed."""
+    return OrchState(
+        weights=jnp.full((N_KERNELS,), 1.0 / N_KERNELS),
+        losses=jnp.zeros((N_KERNELS,)),
+        holder_ema=jnp.asarray(0.5),
+        emergency=jnp.asarray(False),
+        calm_steps=jnp.asarray(0, jnp.int64),
+    )
+
+
+def update(
+    state: OrchState,
+    *,
+    errors: jax.Array,
+    predictions: jax.Array,
+    sigma: jax.Array,
+    sigma_z: jax.Array,
+    holder: jax.Array,
+    kurtosis: jax.Array,
+    alarm: jax.Array,
+    freeze: jax.Array,
+    collapse: jax.Array,
+    params: Params,
+    max_iter: int,
+) -> tuple[OrchState, OrchOut]:
+    """One orchestrator step.
+
+    ``errors`` (4,) are the kernels' errors on this tick in input units,
+    ``predictions`` (4,) their new forecasts in input units, ``sigma`` the
+    EMA residual scale in input units (normalises losses and cost), and
+    ``sigma_z`` the same scale in window-standard units (couples eps_t to
+    volatility, dimensionless). ``alarm``, ``freeze``, ``collapse`` are the
+    CUSUM alarm, the gate's freeze and kernel B's mode-collapse flags.
+    """
+    # Circuit breaker on the EMA of H, with exit hysteresis.
+    a_h = params.volatility_alpha
+    holder_ema = (1.0 - a_h) * state.holder_ema + a_h * holder
+    above_exit = holder_ema > params.holder_threshold + HOLDER_EXIT_MARGIN
+    calm = jnp.where(above_exit, state.calm_steps + 1, 0)
+    enter = (~state.emergency) & (holder_ema < params.holder_threshold)
+    leave = state.emergency & (calm >= jnp.maximum(params.grace_period_steps, 1))
+    emergency = (state.emergency | enter) & ~leave
+    calm = jnp.where(emergency, calm, 0)
+
+    robust = emergency | (kurtosis > params.robust_kurtosis)
+    mode = jnp.where(emergency, MODE_EMERGENCY, jnp.where(robust, MODE_ROBUST, MODE_STANDARD))
+
+    # Kernel losses on standardised errors.
+    x = errors / sigma
+    loss_now = jnp.where(robust, huber(x), x * x)
+    rate = 1.0 / params.entropy_window.astype(loss_now.dtype)
+    losses = (1.0 - rate) * state.losses + rate * loss_now
+
+    eps = jnp.maximum(params.epsilon_min, params.epsilon * (1.0 + params.sinkhorn_alpha * sigma_z))
+    diff = predictions[:, None] - predictions[None, :]
+    cost = diff * diff / (sigma * sigma)
+    jko = jko_step(state.weights, losses, cost, eps, params.learning_rate, max_iter)
+    weights = jnp.where(freeze, state.weights, jko.weights)
+    uniform = jnp.full_like(weights, 1.0 / N_KERNELS)
+    weights = jnp.where(alarm, uniform, weights)
+
+    published = jnp.where(collapse, weights.at[KERNEL_B].set(0.0), weights)
+    published = published / published.sum()
+    published = jnp.where(emergency, jax.nn.one_hot(KERNEL_D, N_KERNELS), published)
+
+    fe = free_energy(weights, losses, eps, cost, jko.plan, params.learning_rate)
+    new_state = OrchState(weights, losses, holder_ema, emergency, calm)
+    out = OrchOut(published, fe, jko.converged, emergency, enter, mode, eps)
+    return new_state, out
