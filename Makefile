@@ -35,5 +35,9 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 
+## demo: start the daemon, replay bench/data/nile.csv through it, watch, snapshot, drain
+demo: $(STAMP)
+	bash deployment/demo.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache run

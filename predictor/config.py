@@ -22,6 +22,7 @@ table of a TOML file, ``PREDICTOR_<FIELD>`` environment variables.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import tomllib
@@ -136,9 +137,7 @@ class PredictorConfig:
     # --- identification (SIA) -------------------------------------------
     wtmm_buffer_size: int = _p(128, _num("int", 32, 8192, "ring buffer length N"))
     wtmm_num_scales: int = _p(16, _num("int", 4, 64, "number of CWT scales"))
-    wtmm_wavelet_order: int = _p(
-        2, _num("int", 1, 2, "derivative order of the Gaussian wavelet")
-    )
+    wtmm_wavelet_order: int = _p(2, _num("int", 1, 2, "derivative order of the Gaussian wavelet"))
     besov_cone_c: float = _p(
         1.5, _num("float", 0.0, 10.0, "maxima-line cone |b - b'| <= c a", lo_open=True)
     )
@@ -155,9 +154,7 @@ class PredictorConfig:
     )
 
     # --- gate -------------------------------------------------------------
-    staleness_ttl_ns: int = _p(
-        500_000_000, _num("int", 1, 10**13, "tick TTL in ns", dynamic=True)
-    )
+    staleness_ttl_ns: int = _p(500_000_000, _num("int", 1, 10**13, "tick TTL in ns", dynamic=True))
     besov_nyquist_interval_ns: int = _p(
         100_000_000, _num("int", 1, 10**13, "sparse-arrival limit in ns", dynamic=True)
     )
@@ -177,20 +174,14 @@ class PredictorConfig:
     dgm_depth: int = _p(2, _num("int", 1, 8, "MLP hidden layers"))
     dgm_activation: str = _p("tanh", _choice("MLP activation", "tanh", "softplus", "sin"))
     dgm_train_steps: int = _p(2, _num("int", 0, 1000, "Adam steps per tick"))
-    dgm_learning_rate: float = _p(
-        1e-3, _num("float", 0.0, 1.0, "Adam learning rate", lo_open=True)
-    )
+    dgm_learning_rate: float = _p(1e-3, _num("float", 0.0, 1.0, "Adam learning rate", lo_open=True))
     dgm_collocation_points: int = _p(64, _num("int", 4, 4096, "collocation points per step"))
     fd_grid_size: int = _p(65, _num("int", 9, 4097, "finite-difference grid points"))
 
     # --- kernel C: jump-diffusion -------------------------------------------
-    jump_threshold_sigma: float = _p(
-        4.0, _num("float", 1.0, 50.0, "jump cut in bipower sigmas")
-    )
+    jump_threshold_sigma: float = _p(4.0, _num("float", 1.0, 50.0, "jump cut in bipower sigmas"))
     levy_substeps: int = _p(4, _num("int", 1, 1000, "Euler sub-steps per tick"))
-    stiffness_low: float = _p(
-        0.5, _num("float", 0.0, 1e6, "theta*h below which Euler is explicit")
-    )
+    stiffness_low: float = _p(0.5, _num("float", 0.0, 1e6, "theta*h below which Euler is explicit"))
     stiffness_high: float = _p(
         2.0, _num("float", 0.0, 1e6, "theta*h above which Euler is implicit")
     )
@@ -198,15 +189,11 @@ class PredictorConfig:
     # --- kernel D: log-signature ---------------------------------------------
     log_sig_depth: int = _p(3, _num("int", 1, 5, "signature truncation depth M"))
     signature_window: int = _p(16, _num("int", 2, 8192, "path length L"))
-    signature_forgetting: float = _p(
-        0.998, _num("float", 0.9, 1.0, "RLS forgetting factor")
-    )
+    signature_forgetting: float = _p(0.998, _num("float", 0.9, 1.0, "RLS forgetting factor"))
 
     # --- load shedding ------------------------------------------------------
     shed_ladder: tuple[int, ...] = _p((5, 3, 2), FieldSpec("depths", doc="compiled depths"))
-    latency_budget_ns: int = _p(
-        2_000_000, _num("int", 1, 10**12, "EWMA step-latency budget in ns")
-    )
+    latency_budget_ns: int = _p(2_000_000, _num("int", 1, 10**12, "EWMA step-latency budget in ns"))
     shed_recovery_windows: int = _p(
         10, _num("int", 1, 1_000_000, "calm windows before stepping back up")
     )
@@ -219,9 +206,13 @@ class PredictorConfig:
     def _check_relations(self) -> None:
         n = self.wtmm_buffer_size
         if self.signature_window > n:
-            raise ConfigError("signature_window", self.signature_window, f"<= wtmm_buffer_size ({n})")
+            raise ConfigError(
+                "signature_window", self.signature_window, f"<= wtmm_buffer_size ({n})"
+            )
         if self.wiener_order >= n // 4:
-            raise ConfigError("wiener_order", self.wiener_order, f"< wtmm_buffer_size / 4 ({n // 4})")
+            raise ConfigError(
+                "wiener_order", self.wiener_order, f"< wtmm_buffer_size / 4 ({n // 4})"
+            )
         if self.stiffness_high < self.stiffness_low:
             raise ConfigError(
                 "stiffness_high", self.stiffness_high, f">= stiffness_low ({self.stiffness_low})"
@@ -259,7 +250,9 @@ class PredictorConfig:
                 raise ConfigError("<file>", str(path), f"valid TOML ({exc})") from exc
         unknown = sorted(set(doc) - KNOWN_SECTIONS)
         if unknown:
-            raise ConfigError(unknown[0], "<table>", "a table among " + ", ".join(sorted(KNOWN_SECTIONS)))
+            raise ConfigError(
+                unknown[0], "<table>", "a table among " + ", ".join(sorted(KNOWN_SECTIONS))
+            )
         table = doc.get("predictor", {})
         if not isinstance(table, dict):
             raise ConfigError("predictor", table, "a TOML table")
@@ -343,18 +336,19 @@ def _coerce(name: str, value: Any, spec: FieldSpec) -> Any:
     raise AssertionError(f"unknown field kind {spec.kind}")
 
 
+def _in_bounds(value: float, spec: FieldSpec) -> bool:
+    if spec.lo is not None and (value <= spec.lo if spec.lo_open else value < spec.lo):
+        return False
+    return not (spec.hi is not None and (value >= spec.hi if spec.hi_open else value > spec.hi))
+
+
 def _check_value(name: str, value: Any, spec: FieldSpec) -> None:
     bad = False
     if spec.kind in ("float", "int"):
         expected = float if spec.kind == "float" else int
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ConfigError(name, value, spec.describe())
-        if not math.isfinite(value):
-            bad = True
-        elif spec.lo is not None and (value <= spec.lo if spec.lo_open else value < spec.lo):
-            bad = True
-        elif spec.hi is not None and (value >= spec.hi if spec.hi_open else value > spec.hi):
-            bad = True
+        bad = not math.isfinite(value) or not _in_bounds(value, spec)
     elif spec.kind == "str":
         bad = not isinstance(value, str) or not value
     elif spec.kind == "choice":
@@ -364,7 +358,7 @@ def _check_value(name: str, value: Any, spec: FieldSpec) -> None:
             not isinstance(value, tuple)
             or not value
             or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 5 for d in value)
-            or any(a <= b for a, b in zip(value, value[1:], strict=False))
+            or any(a <= b for a, b in itertools.pairwise(value))
         )
     if bad:
         raise ConfigError(name, value, spec.describe())
@@ -376,7 +370,9 @@ def default_config_toml() -> str:
     cfg = PredictorConfig()
     for name, spec in FIELD_SPECS.items():
         value = getattr(cfg, name)
-        lines.append(f"# {spec.doc}; {spec.describe()}" + ("; hot-reloadable" if spec.dynamic else ""))
+        lines.append(
+            f"# {spec.doc}; {spec.describe()}" + ("; hot-reloadable" if spec.dynamic else "")
+        )
         lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 

@@ -211,5 +211,6 @@ def test_prediction_result_roundtrips_through_msgpack() -> None:
 
 def test_prediction_result_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="mode"):
-        PredictionResult(0, 0, 0, 0, 0, 0, 0, 0, (0, 0, 0, 1), True, False, False, False, False,
-                         "Chaos", 0, 0, 0)
+        PredictionResult(
+            0, 0, 0, 0, 0, 0, 0, 0, (0, 0, 0, 1), True, False, False, False, False, "Chaos", 0, 0, 0
+        )
