@@ -1,0 +1,67 @@
+"""Window statistics of the ring buffer and the window z-score.
+
+Numerics: the buffer is taken relative to its first sample,
+``v = y / c - y_0 / c`` with ``c = 2`` when ``max |y| > 8e307`` (halving is
+exact there and keeps the difference of two finite doubles finite) and
+``c = 1`` otherwise (halving would flush the smallest subnormals to 0),
+then divided by ``s = max |v|`` so that no power can overflow (inputs of
+order 1e300 stay finite). XLA on CPU flushes subnormals to zero, so a
+window that varies only by subnormal amounts is a constant window. A constant window gives
+``v = 0`` exactly, hence ``std = 0`` and ``z = 0`` exactly (a plain mean of
+identical values can be off by an ulp, which the z-score would amplify).
+Moments are two-pass (mean, then centred second moment).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+#: Standard deviations below this fraction of ``max |y|`` are round-off:
+#: float64 resolves about 1e-16 relative, so a spread of 1e-12 relative is
+#: already 10^4 ulps. ``standardize`` divides by at least this floor.
+STD_REL_FLOOR = 1e-12
+#: Smallest normal float64: the denominator of an all-zero window.
+_TINY = 2.2250738585072014e-308
+
+
+#: Above this magnitude differences of two samples can overflow: halve first.
+_HALVE_ABOVE = 8e307
+
+
+def _relative(buf: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``w = v / s``, ``s``, ``mean(w)`` and ``c``, for ``v = y / c - y_0 / c``, ``s = max |v|``."""
+    c = jnp.where(jnp.max(jnp.abs(buf)) > _HALVE_ABOVE, 2.0, 1.0)
+    v = buf / c - buf[0] / c
+    s = jnp.max(jnp.abs(v))
+    s = jnp.where(s > 0.0, s, 1.0)
+    w = v / s
+    return w, s, jnp.mean(w), c
+
+
+def window_stats(buf: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and population standard deviation of the window (units of ``buf``).
+
+    With ``w = (y / c - y_0 / c) / s``: ``mean = c (y_0 / c + s mean(w))`` and
+    ``std = c s sqrt(mean((w - mean(w))^2))``. A constant window gives
+    ``std = 0`` exactly.
+    """
+    w, s, mu, c = _relative(buf)
+    sd = jnp.sqrt(jnp.mean(jnp.square(w - mu)))
+    return c * (buf[0] / c + s * mu), c * (s * sd)
+
+
+def standardize(buf: jax.Array) -> jax.Array:
+    """Window z-score ``z = (y - mean) / max(std, STD_REL_FLOOR * max |y|)``.
+
+    Computed in the relative units of ``window_stats`` so that it never
+    overflows. A constant (or all-zero) window gives ``z = 0`` everywhere,
+    never NaN.
+    """
+    w, s, mu, c = _relative(buf)
+    d = w - mu
+    sd = jnp.sqrt(jnp.mean(jnp.square(d)))
+    # max|y| / (c s) in w units; inf when s underflows relative to |y| (z -> 0).
+    floor = STD_REL_FLOOR * (jnp.max(jnp.abs(buf)) / c / s)
+    den = jnp.maximum(jnp.maximum(sd, floor), _TINY)
+    return d / den
