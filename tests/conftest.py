@@ -1,7 +1,18 @@
-"""Test-wide settings: CPU JAX with float64, as in production on this machine."""
+"""Test-wide settings: CPU JAX with float64, as in production on this machine.
+
+Compiled graphs go to a persistent XLA cache shared by the xdist workers and
+by the daemon subprocesses the tests start, so each graph of a session is
+compiled once rather than once per process.
+"""
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "predictor-test-jax-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import predictor.core  # noqa: E402,F401  (enables jax_enable_x64 before any array exists)
+import predictor.core  # noqa: F401  (enables jax_enable_x64 before any array exists)
