@@ -32,8 +32,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
+from predictor.core.numerics import f64, logsumexp, tree_dot, tree_sum
 from predictor.core.params import Params
 
 N_KERNELS = 4
@@ -87,18 +87,20 @@ def jko_step(
     weights are returned with ``converged = False``.
     """
     log_w = jnp.maximum(jnp.log(w), _LOG_FLOOR)
-    log_k = -cost / (2.0 * tau * eps)
-    prox = (losses + eps) / eps  # exp(-prox) is the KL-prox factor of F
+    # Vectors are scaled by a scalar's reciprocal, never divided by it: XLA turns
+    # v / broadcast(s) into v * (1 / s) in batched graphs only (see numerics).
+    log_k = -cost * (1.0 / (2.0 * tau * eps))
+    prox = (losses + eps) * (1.0 / eps)  # exp(-prox) is the KL-prox factor of F
 
     def scale(g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        f = log_w - logsumexp(log_k + g[None, :], axis=1)
-        log_q = logsumexp(log_k + f[:, None], axis=0)
+        f = log_w - logsumexp(log_k + g[None, :])
+        log_q = logsumexp((log_k + f[:, None]).T)
         g_new = -0.5 * log_q - 0.5 * prox
         return f, g_new, log_q
 
     def marginal_error(f: jax.Array, g: jax.Array) -> jax.Array:
-        rows = jnp.exp(f + logsumexp(log_k + g[None, :], axis=1))
-        return jnp.sum(jnp.abs(rows - w))
+        rows = jnp.exp(f + logsumexp(log_k + g[None, :]))
+        return tree_sum(jnp.abs(rows - w))
 
     def cond(carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array]) -> jax.Array:
         _, _, err, it = carry
@@ -116,18 +118,25 @@ def jko_step(
     f, g, err, iters = jax.lax.while_loop(cond, body, init)
     log_plan = f[:, None] + log_k + g[None, :]
     plan = jnp.exp(log_plan)
-    new_w = plan.sum(axis=0)
-    new_w = new_w / new_w.sum()
+    new_w = tree_sum(plan.T)
+    new_w = new_w * (1.0 / tree_sum(new_w))
     converged = (err <= tol) & jnp.all(jnp.isfinite(new_w))
     return JKOResult(jnp.where(converged, new_w, w), plan, converged, iters, err)
 
 
 def free_energy(
-    w: jax.Array, losses: jax.Array, eps: jax.Array, cost: jax.Array, plan: jax.Array, tau: jax.Array
+    w: jax.Array,
+    losses: jax.Array,
+    eps: jax.Array,
+    cost: jax.Array,
+    plan: jax.Array,
+    tau: jax.Array,
 ) -> jax.Array:
     """``F(w) + <C, pi> / (2 tau)`` with ``F(w) = <L, w> + eps <w, log w>`` (0 log 0 = 0)."""
-    entropy_term = jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0))
-    return jnp.dot(losses, w) + eps * entropy_term + jnp.sum(cost * plan) / (2.0 * tau)
+    entropy_term = tree_sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0))
+    transport = tree_sum(tree_sum(cost * plan))
+    # Multiply by the reciprocal: XLA rewrites x / c that way only in batched graphs.
+    return tree_dot(losses, w) + eps * entropy_term + transport * (0.5 / tau)
 
 
 class OrchState(NamedTuple):
@@ -155,9 +164,9 @@ class OrchOut(NamedTuple):
 def init() -> OrchState:
     """Uniform weights, zero losses, H EMA at 0.5 (Brownian prior), breaker closed."""
     return OrchState(
-        weights=jnp.full((N_KERNELS,), 1.0 / N_KERNELS),
-        losses=jnp.zeros((N_KERNELS,)),
-        holder_ema=jnp.asarray(0.5),
+        weights=jnp.full((N_KERNELS,), 1.0 / N_KERNELS, dtype=jnp.float64),
+        losses=jnp.zeros((N_KERNELS,), dtype=jnp.float64),
+        holder_ema=f64(0.5),
         emergency=jnp.asarray(False),
         calm_steps=jnp.asarray(0, jnp.int64),
     )
@@ -201,21 +210,21 @@ def update(
     mode = jnp.where(emergency, MODE_EMERGENCY, jnp.where(robust, MODE_ROBUST, MODE_STANDARD))
 
     # Kernel losses on standardised errors.
-    x = errors / sigma
+    x = errors * (1.0 / sigma)
     loss_now = jnp.where(robust, huber(x), x * x)
     rate = 1.0 / params.entropy_window.astype(loss_now.dtype)
     losses = (1.0 - rate) * state.losses + rate * loss_now
 
     eps = jnp.maximum(params.epsilon_min, params.epsilon * (1.0 + params.sinkhorn_alpha * sigma_z))
     diff = predictions[:, None] - predictions[None, :]
-    cost = diff * diff / (sigma * sigma)
+    cost = diff * diff * (1.0 / (sigma * sigma))
     jko = jko_step(state.weights, losses, cost, eps, params.learning_rate, max_iter)
     weights = jnp.where(freeze, state.weights, jko.weights)
     uniform = jnp.full_like(weights, 1.0 / N_KERNELS)
     weights = jnp.where(alarm, uniform, weights)
 
     published = jnp.where(collapse, weights.at[KERNEL_B].set(0.0), weights)
-    published = published / published.sum()
+    published = published * (1.0 / tree_sum(published))
     published = jnp.where(emergency, jax.nn.one_hot(KERNEL_D, N_KERNELS), published)
 
     fe = free_energy(weights, losses, eps, cost, jko.plan, params.learning_rate)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from predictor.core.numerics import tree_max, tree_sum
+
 #: Standard deviations below this fraction of ``max |y|`` are round-off:
 #: float64 resolves about 1e-16 relative, so a spread of 1e-12 relative is
 #: already 10^4 ulps. ``standardize`` divides by at least this floor.
@@ -31,12 +33,22 @@ _HALVE_ABOVE = 8e307
 
 def _relative(buf: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """``w = v / s``, ``s``, ``mean(w)`` and ``c``, for ``v = y / c - y_0 / c``, ``s = max |v|``."""
-    c = jnp.where(jnp.max(jnp.abs(buf)) > _HALVE_ABOVE, 2.0, 1.0)
-    v = buf / c - buf[0] / c
-    s = jnp.max(jnp.abs(v))
+    # Batch-invariant arithmetic (numerics): tree reductions, and vectors scaled
+    # by a reciprocal (exact for c in {1, 2}; w only needs to be well scaled).
+    c = jnp.where(tree_max(jnp.abs(buf)) > _HALVE_ABOVE, 2.0, 1.0)
+    inv_c = 1.0 / c
+    v = buf * inv_c - buf[0] * inv_c
+    s = tree_max(jnp.abs(v))
     s = jnp.where(s > 0.0, s, 1.0)
-    w = v / s
-    return w, s, jnp.mean(w), c
+    # 1 / s is subnormal (flushed to 0 on CPU) for s > ~5e307: scale by the
+    # exact power of two of s first, then by the reciprocal of its mantissa.
+    mant, expo = jnp.frexp(s)
+    w = jnp.ldexp(v, -expo) * (1.0 / mant)
+    return w, s, _mean(w), c
+
+
+def _mean(x: jax.Array) -> jax.Array:
+    return tree_sum(x) * (1.0 / x.shape[-1])
 
 
 def window_stats(buf: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -47,7 +59,7 @@ def window_stats(buf: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``std = 0`` exactly.
     """
     w, s, mu, c = _relative(buf)
-    sd = jnp.sqrt(jnp.mean(jnp.square(w - mu)))
+    sd = jnp.sqrt(_mean(jnp.square(w - mu)))
     return c * (buf[0] / c + s * mu), c * (s * sd)
 
 
@@ -60,8 +72,8 @@ def standardize(buf: jax.Array) -> jax.Array:
     """
     w, s, mu, c = _relative(buf)
     d = w - mu
-    sd = jnp.sqrt(jnp.mean(jnp.square(d)))
+    sd = jnp.sqrt(_mean(jnp.square(d)))
     # max|y| / (c s) in w units; inf when s underflows relative to |y| (z -> 0).
-    floor = STD_REL_FLOOR * (jnp.max(jnp.abs(buf)) / c / s)
+    floor = STD_REL_FLOOR * (tree_max(jnp.abs(buf)) / c / s)
     den = jnp.maximum(jnp.maximum(sd, floor), _TINY)
-    return d / den
+    return d * (1.0 / den)

@@ -1,0 +1,155 @@
+"""UniversalPredictor: the stateful single-asset wrapper of the specification.
+
+It holds one ``AssetState`` and a ``FunctionalPredictor``; each ``step``
+is one compiled call and one host transfer of the result. Gate events are
+logged through structlog with the specification's warning names
+(``DomainError``, ``StalenessWarning``, ``FrequencyWarning``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+import structlog
+
+from predictor.config import PredictorConfig
+from predictor.core.functional import FunctionalPredictor, fit_verdict, output_to_result
+from predictor.core.step import REJECT_NON_FINITE, AssetState, StepOutput
+from predictor.core.types import PredictionResult, ProcessState
+from predictor.errors import DomainError, FrequencyWarning, StalenessWarning
+
+log = structlog.get_logger("predictor.core")
+
+
+class UniversalPredictor:
+    """One asset, state in local (device) memory.
+
+    ``step`` returns the previous valid result for a rejected tick (outlier
+    or non-finite). ``fit_history`` bootstraps the state from a history in
+    one ``lax.scan``. ``set_depth`` switches among the precompiled
+    signature depths without recompiling or losing state.
+    """
+
+    def __init__(self, config: PredictorConfig | None = None, *, warmup: bool = True) -> None:
+        self.config = config if config is not None else PredictorConfig()
+        self._fp = FunctionalPredictor(self.config, warmup=warmup)
+        self._state: AssetState = self._fp.init_state()
+        self._depth = self.config.log_sig_depth
+        self._last_valid: PredictionResult | None = None
+
+    @property
+    def state(self) -> AssetState:
+        """The current device state (read-only view; do not mutate)."""
+        return self._state
+
+    @property
+    def functional(self) -> FunctionalPredictor:
+        """The underlying stateless predictor (compiled graphs, sensitivities)."""
+        return self._fp
+
+    @property
+    def depth(self) -> int:
+        """Signature depth of the graph in use."""
+        return self._depth
+
+    def set_depth(self, depth: int) -> None:
+        """Switch to another precompiled depth of ``shed_ladder`` (state kept)."""
+        if depth not in self._fp.depths:
+            raise ValueError(f"depth {depth} not in shed_ladder {self._fp.depths}")
+        self._depth = depth
+
+    def step(self, obs: ProcessState, now_ns: int | None = None) -> PredictionResult:
+        """One prediction cycle with domain, staleness and Nyquist checks.
+
+        ``now_ns`` defaults to ``time.time_ns()`` with the wall clock and to
+        the tick's own timestamp with the event clock.
+        """
+        if now_ns is None:
+            now_ns = time.time_ns() if self.config.clock == "wall" else int(obs.timestamp_ns)
+        self._state, out = self._fp.step(self._state, obs, now_ns, self._depth)
+        return self._publish(out)
+
+    def _publish(self, out: StepOutput) -> PredictionResult:
+        host = jax.device_get(out)
+        if bool(host.rejected):
+            reason = "non_finite" if int(host.reject_reason) == REJECT_NON_FINITE else "outlier"
+            log.error("tick_rejected", error=DomainError.__name__, reason=reason)
+            if self._last_valid is None:
+                raise DomainError(f"first observation rejected ({reason})")
+            return self._last_valid
+        if bool(host.stale):
+            log.warning("tick_stale", warning=StalenessWarning.__name__)
+        if bool(host.frequency_warning):
+            log.warning("tick_sparse", warning=FrequencyWarning.__name__, detail="WTMM may alias")
+        result = output_to_result(host)
+        self._last_valid = result
+        return result
+
+    def fit_history(self, history: Sequence[float] | np.ndarray) -> bool:
+        """Cold-start bootstrapping from at least ``wtmm_buffer_size`` samples.
+
+        Runs the step over the whole history in one ``lax.scan`` (event
+        clock, timestamps 1, 2, ... ns) and returns the specification's
+        verdict: True when the last step's Sinkhorn iteration converged and
+        its CUSUM drift is below ``cusum_h``; False otherwise (and logged).
+        """
+        values = np.asarray(history, dtype=np.float64)
+        if values.ndim != 1 or values.shape[0] < self.config.wtmm_buffer_size:
+            raise ValueError(
+                f"Insufficient history: {values.shape[0] if values.ndim == 1 else values.shape} "
+                f"samples, required at least {self.config.wtmm_buffer_size}"
+            )
+        if not np.all(np.isfinite(values)):
+            raise ValueError("history contains non-finite values")
+        self._state, outs = self._fp.scan(self._state, values, depth=self._depth)
+        last = jax.tree.map(lambda x: x[-1], outs)
+        self._last_valid = output_to_result(last)
+        ok = fit_verdict(last, self.config.cusum_h)
+        if not ok:
+            log.warning("fit_history_unstable", cusum_drift=self._last_valid.cusum_drift)
+        return ok
+
+
+class ConfigReloadablePredictor(UniversalPredictor):
+    """UniversalPredictor that follows changes of a ``config.toml``.
+
+    ``check_and_reload_config`` re-reads the file when its content hash
+    changes. Sensitivities (``predictor.config.DYNAMIC_FIELDS``: thresholds,
+    rates, the Sinkhorn and CUSUM parameters, the gate's TTLs) are applied
+    in place: state kept, nothing recompiled. Any other change (buffer and
+    model sizes, solvers, depths) alters the state layout or the graphs and
+    re-initialises the predictor (state lost, graphs recompiled). An invalid
+    file raises ``ConfigError`` and the running config stays.
+    """
+
+    def __init__(self, config_path: str | Path = "config.toml", *, warmup: bool = True) -> None:
+        self.config_path = Path(config_path)
+        self._digest = self._file_digest()
+        super().__init__(PredictorConfig.from_toml(self.config_path), warmup=warmup)
+
+    def _file_digest(self) -> str:
+        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+
+    def check_and_reload_config(self) -> bool:
+        """Reload when the file changed; True if a new config is now in force."""
+        digest = self._file_digest()
+        if digest == self._digest:
+            return False
+        new = PredictorConfig.from_toml(self.config_path)
+        self._digest = digest
+        if new == self.config:
+            return False
+        layout = new.layout_changes(self.config)
+        if layout:
+            log.warning("config_reinitialised", path=str(self.config_path), keys=layout)
+            UniversalPredictor.__init__(self, new)
+        else:
+            self._fp.set_sensitivities(new)
+            self.config = new
+            log.info("config_reloaded", path=str(self.config_path))
+        return True
