@@ -104,9 +104,10 @@ def _compiled_single(cfg: PredictorConfig, depth: int) -> StepFn:
     def run(
         state: AssetState, obs: Obs, now: jax.Array, params: Params
     ) -> tuple[AssetState, StepOutput]:
-        one = jax.tree.map(lambda x: x[None], (state, obs))
-        new_state, out = batch(*one, now, params)
-        return jax.tree.map(lambda x: x[0], (new_state, out))
+        one_state, one_obs = jax.tree.map(lambda x: x[None], (state, obs))
+        new_state, out = batch(one_state, one_obs, now, params)
+        result: tuple[AssetState, StepOutput] = jax.tree.map(lambda x: x[0], (new_state, out))
+        return result
 
     return run
 
@@ -128,9 +129,10 @@ def _compiled_batch(cfg: PredictorConfig, depth: int) -> StepFn:
         def one(x: tuple[AssetState, Obs]) -> tuple[AssetState, StepOutput]:
             return core_step(x[0], x[1], now, params, cfg, depth)
 
-        return jax.lax.map(one, (states, obs))
+        result: tuple[AssetState, StepOutput] = jax.lax.map(one, (states, obs))
+        return result
 
-    return jax.jit(run, donate_argnums=(0,))  # type: ignore[return-value]
+    return jax.jit(run, donate_argnums=(0,))
 
 
 @functools.cache
@@ -186,11 +188,12 @@ class FunctionalPredictor:
         obs = make_obs(0.0, 0.0, 1)
         now = jnp.asarray(1, jnp.int64)
         for depth in self.depths:
-            jax.block_until_ready(self._single[depth](state, obs, now, self.params))
+            jax.block_until_ready(self._single[depth](state, obs, now, self.params))  # type: ignore[no-untyped-call]
             for n in batch_sizes:
                 states = self.init_batch(n)
                 batch_obs = make_obs(np.zeros(n), np.zeros(n), np.ones(n, dtype=np.int64))
-                jax.block_until_ready(self._batch[depth](states, batch_obs, now, self.params))
+                out = self._batch[depth](states, batch_obs, now, self.params)
+                jax.block_until_ready(out)  # type: ignore[no-untyped-call]
 
     def _depth(self, depth: int | None) -> int:
         d = self.config.log_sig_depth if depth is None else depth

@@ -107,7 +107,7 @@ class AssetState(NamedTuple):
     """Complete state of one asset; every leaf is an array (stackable, vmappable)."""
 
     buffer: jax.Array  # (N,) last N magnitudes, oldest first
-    count: jax.Array  # int64, accepted ticks so far
+    count: jax.Array  # type: ignore[assignment]  # int64, accepted ticks so far (shadows tuple.count)
     gate: GateState
     prev_kernel_pred: jax.Array  # (4,) kernel forecasts of y_t made at t-1, input units
     prev_pred: jax.Array  # ensemble forecast of y_t made at t-1, input units
@@ -293,7 +293,7 @@ def _accept(
     cusum, cus = sia.cusum_update(
         state.cusum, res.u, res.kappa, params.cusum_h, params.cusum_k, params.grace_period_steps
     )
-    cusum = _tree_where(warming, state.cusum, cusum)  # no alarms from the cold start
+    cusum = _tree_where(warming, state.cusum, cusum)  # type: ignore[assignment]  # cold start: no alarms
     alarm = cus.alarm & ~warming
 
     # 4. Identification and the four kernels.
@@ -327,7 +327,7 @@ def _accept(
         max_iter=cfg.sinkhorn_max_iter,
     )
     uniform = jnp.full((orch.N_KERNELS,), 1.0 / orch.N_KERNELS)
-    orch_state = _tree_where(warming, state.orch._replace(weights=uniform), orch_state)
+    orch_state = _tree_where(warming, state.orch._replace(weights=uniform), orch_state)  # type: ignore[assignment]
     weights = jnp.where(warming, uniform, o.weights)
 
     # 5. Ensemble forecast and its 95% interval (mixture variance).
