@@ -109,7 +109,8 @@ def _compiled_single(cfg: PredictorConfig, depth: int) -> StepFn:
         result: tuple[AssetState, StepOutput] = jax.tree.map(lambda x: x[0], (new_state, out))
         return result
 
-    return run
+    # Jitted as a whole so the reshapes of the ~70 state leaves are not Python dispatches.
+    return jax.jit(run)
 
 
 @functools.cache
