@@ -412,6 +412,7 @@ def test_help_for_every_subcommand(capsys: pytest.CaptureFixture[str]):
         "drain",
         "feed",
         "watch",
+        "tune",
     }
     for name in [*names, None]:
         argv = ["--help"] if name is None else [name, "--help"]

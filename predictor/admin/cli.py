@@ -30,6 +30,7 @@ from predictor.admin.client import DEFAULT_TIMEOUT_S, AdminClient, AdminError
 from predictor.admin.feed import SYNTHETIC, FeedError, FeedResult, feed, read_csv, synthetic_series
 from predictor.admin.watch import WatchError, watch
 from predictor.ipc.endpoints import default_endpoints
+from predictor.tuning import cli as tune_cli
 
 PROG = "predictorctl"
 EXIT_OK = 0
@@ -258,9 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     # --- model tuning ------------------------------------------------------
-    # Reserved for `predictorctl tune` (the Bayesian meta-optimisation issue):
-    # it adds its parser here and its handler to _HANDLERS below. Nothing is
-    # registered until then, so `predictorctl tune` is a usage error today.
+    p = add(
+        "tune",
+        "tune the model's parameters on a series (walk-forward, Bayesian TPE)",
+        "Walk-forward Bayesian tuning (Optuna TPE) of the fast tier (sensitivities) or "
+        "the deep tier (structural parameters) on a CSV series, resumable from its "
+        "checkpoint; prints a progress line per trial and a table of the best parameters "
+        "against the current ones; --export merges them into a config.toml with the "
+        "audited mutation protocol. Runs locally: no daemon needed.",
+    )
+    tune_cli.configure_parser(p, _positive_int)
 
     return parser
 
@@ -419,6 +427,14 @@ def _cmd_watch(args: argparse.Namespace, io: _Io) -> int:
     return EXIT_OK
 
 
+# --- model tuning ----------------------------------------------------------
+
+
+def _cmd_tune(args: argparse.Namespace, io: _Io) -> int:
+    series = read_csv(args.series, column=args.column)
+    return tune_cli.run_tune(args, series.values, out=io.out, err=io.err, as_json=io.as_json)
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, _Io], int]] = {
     "status": _cmd_status,
     "snapshot": _cmd_snapshot,
@@ -429,6 +445,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, _Io], int]] = {
     "drain": _cmd_drain,
     "feed": _cmd_feed,
     "watch": _cmd_watch,
+    "tune": _cmd_tune,
 }
 
 
