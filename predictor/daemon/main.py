@@ -1,12 +1,179 @@
-"""``predictord`` entry point (the service loop lands with the daemon issue)."""
+"""``predictord`` entry point: config, environment for XLA, then the service.
 
+Usage::
+
+    predictord [--config PATH] [--device cpu|gpu|auto] [--check-config]
+
+The config file is ``--config``, else ``$PREDICTOR_CONFIG``, else none: the
+embedded defaults (``PredictorConfig()`` with ``PREDICTOR_<FIELD>``
+overrides, ``DaemonSettings()``). The file is read with ``tomllib``; its
+``[predictor]`` and ``[daemon]`` tables are validated before anything
+starts.
+
+JAX reads its environment when it is imported, so this module imports
+nothing of JAX: it sets
+
+* ``JAX_PLATFORMS`` from ``--device`` (or, without it and without an
+  explicit ``$JAX_PLATFORMS``, from ``daemon.device``): cpu -> ``cpu``,
+  gpu -> ``cuda``, auto -> left to JAX;
+* ``XLA_PYTHON_CLIENT_MEM_FRACTION``, ``XLA_PYTHON_CLIENT_ALLOCATOR``
+  (unless ``default``) and ``TF_FORCE_GPU_ALLOW_GROWTH`` from the
+  ``[daemon]`` table, unless already set in the environment (an operator's
+  explicit environment wins, like ``PREDICTOR_<FIELD>`` does);
+* ``JAX_COMPILATION_CACHE_DIR`` to ``<snapshot dir>/xla-cache`` unless set,
+  so that a restart loads its compiled graphs from disk,
+
+and only then imports ``predictor.daemon.service``.
+
+Exit status: 0 after a clean stop (or a valid ``--check-config``), 1 when
+the daemon fails or another instance holds the runtime directory, 2 for an
+invalid config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
 import sys
+import tomllib
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from predictor.config import PredictorConfig, env_overrides
+from predictor.daemon.settings import DaemonSettings
+from predictor.errors import ConfigError
+
+CONFIG_ENV = "PREDICTOR_CONFIG"
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}
+#: Persistent XLA compilation cache, under the state directory: a restart
+#: loads the compiled graphs instead of compiling them again (minutes on a
+#: small CPU).
+XLA_CACHE_DIR = "xla-cache"
 
 
-def main() -> int:
-    """Refuse to pretend: the daemon is not built yet."""
-    print("predictord: not implemented yet", file=sys.stderr)
-    return 2
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and where it came from.
+
+    ``path`` is None for the embedded defaults; ``sha256`` is the hex digest
+    of the file's bytes (of the canonical JSON of both tables when embedded).
+    """
+
+    predictor: PredictorConfig
+    daemon: DaemonSettings
+    path: Path | None
+    sha256: str
+
+
+def load_config(path: str | os.PathLike[str] | None) -> LoadedConfig:
+    """Read and validate a config file (or the embedded defaults for None).
+
+    Raises ``ConfigError`` naming the offending key, or ``OSError`` if the
+    file cannot be read.
+    """
+    if path is None:
+        cfg = PredictorConfig.from_dict(env_overrides())
+        settings = DaemonSettings()
+        canonical = json.dumps(
+            {"predictor": cfg.to_dict(), "daemon": settings.model_dump(mode="json")},
+            sort_keys=True,
+        )
+        return LoadedConfig(cfg, settings, None, hashlib.sha256(canonical.encode()).hexdigest())
+    p = Path(path)
+    raw = p.read_bytes()
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("<file>", str(p), f"valid UTF-8 TOML ({exc})") from exc
+    cfg = PredictorConfig.from_toml(p)
+    table = doc.get("daemon", {})
+    if not isinstance(table, dict):
+        raise ConfigError("daemon", table, "a TOML table")
+    settings = DaemonSettings.from_mapping(table)
+    return LoadedConfig(cfg, settings, p.absolute(), hashlib.sha256(raw).hexdigest())
+
+
+def apply_environment(
+    settings: DaemonSettings, device: str | None, environ: MutableMapping[str, str] | None = None
+) -> dict[str, str]:
+    """Set the JAX/XLA variables (see the module docstring); returns the effective values."""
+    env = os.environ if environ is None else environ
+    if device is not None:
+        if device in PLATFORMS:
+            env["JAX_PLATFORMS"] = PLATFORMS[device]
+        else:
+            env.pop("JAX_PLATFORMS", None)
+    elif "JAX_PLATFORMS" not in env and settings.device in PLATFORMS:
+        env["JAX_PLATFORMS"] = PLATFORMS[settings.device]
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", repr(settings.xla_mem_fraction))
+    if settings.xla_allocator != "default":
+        env.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", settings.xla_allocator)
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true" if settings.gpu_allow_growth else "false")
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(settings.state_dir(env) / XLA_CACHE_DIR))
+    names = (
+        "JAX_PLATFORMS",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION",
+        "XLA_PYTHON_CLIENT_ALLOCATOR",
+        "TF_FORCE_GPU_ALLOW_GROWTH",
+        "JAX_COMPILATION_CACHE_DIR",
+    )
+    return {k: env[k] for k in names if k in env}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="predictord",
+        description="Tick-by-tick ensemble forecasting daemon (ZeroMQ in, ZeroMQ out).",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config.toml (default: ${CONFIG_ENV}, else the embedded defaults)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu", "auto"),
+        help="JAX platform (default: daemon.device of the config)",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config, print it as JSON and exit (0 valid, 2 invalid)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon; see the module docstring for the exit status."""
+    args = _parser().parse_args(argv)
+    path = args.config or os.environ.get(CONFIG_ENV) or None
+    try:
+        loaded = load_config(path)
+    except (ConfigError, OSError) as exc:
+        print(f"predictord: invalid config {path}: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "path": None if loaded.path is None else str(loaded.path),
+                    "sha256": loaded.sha256,
+                    "predictor": loaded.predictor.to_dict(),
+                    "daemon": loaded.daemon.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    env = apply_environment(loaded.daemon, args.device)
+
+    from predictor.daemon.service import run_service  # imports JAX: after the environment
+
+    return run_service(loaded, environment=env)
 
 
 if __name__ == "__main__":

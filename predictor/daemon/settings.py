@@ -8,6 +8,7 @@ runtime directory (``predictor.ipc.endpoints``), the snapshot directory from
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -64,14 +65,16 @@ class DaemonSettings(BaseModel):
     @field_validator("batch_buckets")
     @classmethod
     def _increasing(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(a >= b for a, b in zip(v, v[1:], strict=False)):
+        if not v or any(a >= b for a, b in itertools.pairwise(v)):
             raise ValueError("must be a non-empty strictly increasing list")
         return v
 
     @field_validator("shm_name")
     @classmethod
     def _shm_name(cls, v: str) -> str:
-        if v and (not v.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(v) > 200):
+        if v and (
+            not v.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(v) > 200
+        ):
             raise ValueError("must be letters, digits, '-', '_' or '.'")
         return v
 

@@ -1,0 +1,412 @@
+"""Admin socket server: a Unix stream socket served from one thread.
+
+The server thread multiplexes every client with ``selectors``: it accepts,
+checks the peer's ``SO_PEERCRED`` (``protocol.peer_allowed``; a refusal is
+answered, audit-logged as ``admin_refused`` and the connection closed),
+reads newline-delimited requests, validates them and hands each valid one to
+``handler(request, cred)``, which returns a ``Future`` of the reply. The
+daemon's handler queues loop commands for its prediction loop, so nothing
+here ever blocks prediction. Replies are written when their future
+completes (from any thread; a wake-up pipe tells the selector).
+
+Per connection, requests are answered one at a time in order. Limits: a
+request line longer than ``MAX_REQUEST_BYTES`` is answered with an error
+and the connection closed; at most ``max_clients`` connections (others are
+told so and closed); a connection idle for ``idle_timeout_s`` with no
+request in progress is closed (half-written requests cannot pin a slot
+forever); a client that does not read its replies is dropped once
+``max_output_bytes`` are pending. One client's garbage never affects another.
+
+The socket is created with mode 0600 (umask during ``bind``) and then
+chmod'ed to ``mode`` (default 0660), with its group set to the admin group
+when one is configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from predictor.admin.protocol import (
+    MAX_REQUEST_BYTES,
+    PeerCred,
+    ProtocolError,
+    Request,
+    encode_reply,
+    error,
+    parse_request,
+    peer_allowed,
+    peer_cred,
+)
+
+Handler = Callable[[Request, PeerCred], "Future[dict[str, Any]]"]
+
+SOCKET_MODE = 0o660
+_RECV = 65536
+
+
+class _Conn:
+    """One client connection's buffers and state."""
+
+    __slots__ = (
+        "busy",
+        "closing",
+        "closing_after_error",
+        "cred",
+        "id",
+        "inbuf",
+        "last_active",
+        "lines",
+        "outbuf",
+        "sock",
+    )
+
+    def __init__(self, cid: int, sock: socket.socket, cred: PeerCred) -> None:
+        self.id = cid
+        self.sock = sock
+        self.cred = cred
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.lines: deque[bytes | None] = deque()  # None: an oversized request
+        self.closing_after_error = False
+        self.busy = False
+        self.closing = False
+        self.last_active = time.monotonic()
+
+
+class AdminServer:
+    """The admin socket at ``path``; ``start()`` binds and starts the thread."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        handler: Handler,
+        *,
+        log: FilteringBoundLogger,
+        own_uid: int | None = None,
+        admin_gid: int | None = None,
+        mode: int = SOCKET_MODE,
+        max_clients: int = 128,
+        idle_timeout_s: float = 30.0,
+        max_output_bytes: int = 16 << 20,
+        groups_of: Callable[[int], frozenset[int]] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self.log = log
+        self.own_uid = os.geteuid() if own_uid is None else own_uid
+        self.admin_gid = admin_gid
+        self.mode = mode
+        self.max_clients = max_clients
+        self.idle_timeout_s = idle_timeout_s
+        self.max_output_bytes = max_output_bytes
+        self._groups_of = groups_of
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._done: deque[tuple[int, dict[str, Any]]] = deque()
+        self._conns: dict[int, _Conn] = {}
+        self._next_id = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inode: int | None = None
+        self.served = 0
+        self.refused = 0
+        self.bad_requests = 0
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the socket (replacing a stale file) and start serving."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(os.fspath(self.path))
+        finally:
+            os.umask(old)
+        if self.admin_gid is not None:
+            try:
+                os.chown(self.path, -1, self.admin_gid)
+            except OSError as exc:
+                self.log.warning("admin_socket_chown_failed", gid=self.admin_gid, error=str(exc))
+        os.chmod(self.path, self.mode)
+        self._inode = os.stat(self.path).st_ino
+        sock.listen(socket.SOMAXCONN)  # bursts of clients must not see EAGAIN on connect
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, selectors.EVENT_READ, "listen")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._thread = threading.Thread(target=self._serve, name="admin_server", daemon=True)
+        self._thread.start()
+        self.log.info("admin_listening", path=str(self.path), mode=oct(self.mode))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Flush pending replies (up to ``timeout`` s), stop, unlink the socket."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._wake()
+        self._thread.join(timeout + 1.0)
+        self._thread = None
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        if self._listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+        with contextlib.suppress(OSError):
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- completion (any thread) ---------------------------------------------------
+    def _complete(self, cid: int, future: Future[dict[str, Any]]) -> None:
+        try:
+            reply = future.result()
+        except Exception as exc:  # a failing handler answers, never kills the server
+            reply = error(f"internal error: {type(exc).__name__}: {exc}")
+        self._done.append((cid, reply))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # --- the server thread -------------------------------------------------------------
+    def _serve(self) -> None:
+        deadline: float | None = None
+        while True:
+            if self._stop.is_set() and deadline is None:
+                deadline = time.monotonic() + 1.0
+            if deadline is not None and (
+                time.monotonic() > deadline
+                or not any(c.outbuf or c.busy for c in self._conns.values())
+            ):
+                self._flush_done()
+                return
+            for key, events in self._sel.select(timeout=0.5):
+                try:
+                    self._event(key, events)
+                except Exception as exc:  # one connection's failure stays its own
+                    self.log.error("admin_connection_error", error=repr(exc))
+                    conn = key.data if isinstance(key.data, _Conn) else None
+                    if conn is not None:
+                        self._drop(conn)
+            self._flush_done()
+            self._expire_idle()
+
+    def _event(self, key: selectors.SelectorKey, events: int) -> None:
+        if key.data == "listen":
+            self._accept()
+        elif key.data == "wake":
+            with contextlib.suppress(BlockingIOError):
+                while self._wake_r.recv(4096):
+                    pass
+        else:
+            conn: _Conn = key.data
+            if events & selectors.EVENT_WRITE:
+                self._send(conn)
+            if events & selectors.EVENT_READ and conn.id in self._conns:
+                self._read(conn)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving the others
+                self.log.error("admin_accept_failed", error=str(exc))
+                return
+            sock.setblocking(False)
+            try:
+                cred = peer_cred(sock)
+            except OSError as exc:
+                self.log.warning("admin_peercred_failed", error=str(exc))
+                sock.close()
+                continue
+            kwargs: dict[str, Any] = {}
+            if self._groups_of is not None:
+                kwargs["groups_of"] = self._groups_of
+            if not peer_allowed(cred, own_uid=self.own_uid, admin_gid=self.admin_gid, **kwargs):
+                self.refused += 1
+                self.log.warning(
+                    "admin_refused",
+                    peer_pid=cred.pid,
+                    peer_uid=cred.uid,
+                    peer_gid=cred.gid,
+                    reason="not the daemon's user, root or the admin group",
+                )
+                with contextlib.suppress(OSError):
+                    sock.send(encode_reply(error("permission denied")))
+                sock.close()
+                continue
+            if len(self._conns) >= self.max_clients:
+                with contextlib.suppress(OSError):
+                    sock.send(encode_reply(error("too many admin clients")))
+                sock.close()
+                self.log.warning("admin_too_many_clients", limit=self.max_clients)
+                continue
+            self._next_id += 1
+            conn = _Conn(self._next_id, sock, cred)
+            self._conns[conn.id] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            # Peer closed its side: finish what it asked, then close.
+            conn.closing = True
+            conn.inbuf.clear()
+            self._update_interest(conn)
+            self._maybe_close(conn)
+            return
+        conn.last_active = time.monotonic()
+        conn.inbuf += data
+        while True:
+            nl = conn.inbuf.find(b"\n")
+            if nl < 0:
+                break
+            line = bytes(conn.inbuf[:nl]).rstrip(b"\r")
+            del conn.inbuf[: nl + 1]
+            if line.strip():
+                conn.lines.append(line)
+        if len(conn.inbuf) > MAX_REQUEST_BYTES:
+            # Answered in order after the requests before it; then the connection closes.
+            self.bad_requests += 1
+            conn.inbuf.clear()
+            conn.lines.append(None)
+        self._dispatch(conn)
+
+    def _dispatch(self, conn: _Conn) -> None:
+        if conn.id not in self._conns:
+            return
+        while not conn.busy and conn.lines and not conn.closing_after_error:
+            line = conn.lines.popleft()
+            if line is None:
+                conn.lines.clear()
+                conn.closing = conn.closing_after_error = True
+                self._reply(conn, error(f"request too large (> {MAX_REQUEST_BYTES} bytes)"))
+                return
+            try:
+                request = parse_request(line)
+            except ProtocolError as exc:
+                self.bad_requests += 1
+                self._reply(conn, error(str(exc)))
+                continue
+            conn.busy = True
+            try:
+                future = self.handler(request, conn.cred)
+            except Exception as exc:
+                conn.busy = False
+                self._reply(conn, error(f"internal error: {type(exc).__name__}: {exc}"))
+                continue
+            future.add_done_callback(self._completer(conn.id))
+
+    def _completer(self, cid: int) -> Callable[[Future[dict[str, Any]]], None]:
+        def complete(future: Future[dict[str, Any]]) -> None:
+            self._complete(cid, future)
+
+        return complete
+
+    def _flush_done(self) -> None:
+        while self._done:
+            cid, reply = self._done.popleft()
+            conn = self._conns.get(cid)
+            if conn is None:
+                continue
+            conn.busy = False
+            self.served += 1
+            self._reply(conn, reply)
+            self._dispatch(conn)
+            self._maybe_close(conn)
+
+    def _reply(self, conn: _Conn, reply: dict[str, Any]) -> None:
+        conn.outbuf += encode_reply(reply)
+        if len(conn.outbuf) > self.max_output_bytes:
+            self.log.warning("admin_client_not_reading", peer_pid=conn.cred.pid)
+            self._drop(conn)
+            return
+        self._send(conn)
+
+    def _send(self, conn: _Conn) -> None:
+        if conn.outbuf:
+            try:
+                sent = conn.sock.send(conn.outbuf)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(conn)
+                return
+            del conn.outbuf[:sent]
+        self._update_interest(conn)
+        self._maybe_close(conn)
+
+    def _update_interest(self, conn: _Conn) -> None:
+        if conn.id not in self._conns:
+            return
+        mask = 0 if conn.closing else selectors.EVENT_READ
+        if conn.outbuf:
+            mask |= selectors.EVENT_WRITE
+        try:
+            self._sel.get_key(conn.sock)
+            registered = True
+        except KeyError:
+            registered = False
+        if mask == 0:
+            # Closing and nothing to write yet: stop watching (EOF would fire forever).
+            if registered:
+                self._sel.unregister(conn.sock)
+        elif registered:
+            self._sel.modify(conn.sock, mask, conn)
+        else:
+            self._sel.register(conn.sock, mask, conn)
+
+    def _maybe_close(self, conn: _Conn) -> None:
+        if conn.closing and not conn.outbuf and not conn.busy and not conn.lines:
+            self._drop(conn)
+
+    def _expire_idle(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._conns.values()):
+            if not conn.busy and not conn.outbuf and now - conn.last_active > self.idle_timeout_s:
+                self.log.info("admin_idle_closed", peer_pid=conn.cred.pid)
+                self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.id, None) is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        # Unread input makes the kernel reset the peer, which may then lose
+        # the last reply: discard what is waiting before closing.
+        with contextlib.suppress(OSError):
+            for _ in range(64):
+                if not conn.sock.recv(_RECV):
+                    break
+        conn.sock.close()

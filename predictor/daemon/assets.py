@@ -1,0 +1,363 @@
+"""Asset table: asset id -> slot of one stacked state pytree on the device.
+
+Every asset's ``AssetState`` lives in row ``slot`` of one stacked pytree
+(leading axis = slot). The pytree has ``capacity + 1`` rows: row
+``capacity`` is the *pad row*, a cold state that pads a batch up to its
+bucket and is never written (so padded lanes compute on a valid state and
+their results are discarded).
+
+A batched step is three jitted calls with fixed shapes:
+
+* ``gather(stacked, idx)``: rows ``idx`` (length B = the bucket; padded
+  with the pad row's index) -> a B-row state;
+* ``FunctionalPredictor.step_batch`` on those B rows (donated);
+* ``scatter(stacked, sidx, new)``: rows written back in place (``stacked``
+  donated); padded lanes carry the index ``capacity + 1``, one past the last
+  row, which ``mode="drop"`` discards.
+
+Shapes depend only on B and the capacity, so after ``warmup`` (every bucket
+x every depth) nothing compiles until the capacity grows. Growth doubles
+the capacity (at least), so n assets cause O(log n) growths, each logged
+with its duration, and re-compiles the gather/scatter graphs (not the
+step graphs, which depend on B only).
+
+Host-side metadata per slot (numpy, int64): ``seq`` (the last published
+sequence number of the asset, 0 before its first tick), ``last_ts`` (the
+last tick's timestamp, Unix ns) and ``last_mode`` (mode code of the last
+prediction, -1 before it). A snapshot stores the stacked state as it is
+(``capacity + 1`` rows, the pad row included) with ids, slots, seq and
+last_ts (``predictor.snapshots.assets``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from structlog.typing import FilteringBoundLogger
+
+from predictor.core.functional import FunctionalPredictor, make_obs
+from predictor.core.step import AssetState, StepOutput
+from predictor.snapshots import AssetBatch, make_asset_batch
+
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+Index = np.ndarray[Any, np.dtype[np.int32]]
+
+
+class AssetLimitError(RuntimeError):
+    """The table holds ``max_assets`` assets: a new asset id is refused."""
+
+
+def _gather(stacked: AssetState, idx: jax.Array) -> AssetState:
+    """Rows ``idx`` of every leaf (``idx`` in ``[0, capacity]``)."""
+    return jax.tree.map(lambda x: x[idx], stacked)  # type: ignore[no-any-return]
+
+
+def _scatter(stacked: AssetState, idx: jax.Array, rows: AssetState) -> AssetState:
+    """Write ``rows`` back at ``idx``; an index past the last row is dropped."""
+    return jax.tree.map(  # type: ignore[no-any-return]
+        lambda x, r: x.at[idx].set(r, mode="drop"), stacked, rows
+    )
+
+
+_GATHER = jax.jit(_gather)
+_SCATTER = jax.jit(_scatter, donate_argnums=(0,))
+
+
+def _host_rows(one: Any, n: int) -> Any:
+    """``n`` stacked copies of a host state (numpy; no device work, nothing compiles)."""
+    return jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], n, axis=0), one)
+
+
+class StepResult:
+    """Host copy of one batched step: the outputs of the ``n`` real lanes.
+
+    ``out`` holds numpy arrays with leading axis B (the bucket); only the
+    first ``n`` rows are real. ``latency_ns`` is the wall time of the jitted
+    step including the device -> host copy of its outputs
+    (``time.perf_counter_ns``).
+    """
+
+    __slots__ = ("latency_ns", "n", "out")
+
+    def __init__(self, out: StepOutput, n: int, latency_ns: int) -> None:
+        self.out = out
+        self.n = n
+        self.latency_ns = latency_ns
+
+
+class AssetTable:
+    """Asset ids, slots and the stacked state; see the module docstring.
+
+    ``buckets`` are the padded batch sizes (increasing); a batch larger than
+    the last bucket is the caller's to split. ``step_delay`` (tests only)
+    returns seconds to sleep inside the measured step, to emulate a slow
+    device.
+    """
+
+    def __init__(
+        self,
+        fp: FunctionalPredictor,
+        *,
+        capacity: int,
+        max_assets: int,
+        buckets: Sequence[int],
+        log: FilteringBoundLogger,
+        step_delay: Callable[[], float] | None = None,
+    ) -> None:
+        if capacity < 1 or max_assets < 1:
+            raise ValueError("capacity and max_assets must be >= 1")
+        if not buckets or any(a >= b for a, b in itertools.pairwise(buckets)):
+            raise ValueError(f"buckets must be strictly increasing: {buckets}")
+        self.fp = fp
+        self.max_assets = max_assets
+        self.buckets = tuple(int(b) for b in buckets)
+        self.log = log
+        self.step_delay = step_delay
+        self.capacity = min(capacity, max_assets)
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+        self.seq: IntArray = np.zeros(self.capacity, np.int64)
+        self.last_ts: IntArray = np.zeros(self.capacity, np.int64)
+        self.last_mode: IntArray = np.full(self.capacity, -1, np.int64)
+        self._cold = jax.device_get(fp.init_state())
+        self.stacked: AssetState = jax.device_put(_host_rows(self._cold, self.capacity + 1))
+        self.growths = 0
+        #: True while ``grow`` runs (its compilations are expected).
+        self.compiling = False
+
+    # --- slots -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def pad_row(self) -> int:
+        """Index of the pad row (a cold state, never written)."""
+        return self.capacity
+
+    def slot_of(self, asset: str) -> int | None:
+        """Slot of ``asset``, or None if unknown."""
+        return self.ids.get(asset)
+
+    def add(self, asset: str) -> int:
+        """Slot of a new asset (grows the table when full); ``AssetLimitError`` beyond the limit."""
+        slot = len(self.names)
+        if slot >= self.max_assets:
+            raise AssetLimitError(f"asset table full ({self.max_assets} assets)")
+        if slot >= self.capacity:
+            self.grow(slot + 1)
+        self.ids[asset] = slot
+        self.names.append(asset)
+        return slot
+
+    def grow(self, needed: int) -> None:
+        """Capacity ``max(needed, 2 * capacity)`` (capped at ``max_assets``), states kept."""
+        old = self.capacity
+        new = min(max(needed, 2 * old), self.max_assets)
+        if new <= old:
+            return
+        start = time.perf_counter()
+        n_live = len(self.names)
+        # On the host: eager device ops would compile once per leaf and shape.
+        host = jax.device_get(self.stacked)
+        rows = _host_rows(self._cold, new + 1)
+        rows = jax.tree.map(_copy_head(n_live), rows, host)
+        self.stacked = jax.device_put(rows)
+        self.seq = _resize(self.seq, new, 0)
+        self.last_ts = _resize(self.last_ts, new, 0)
+        self.last_mode = _resize(self.last_mode, new, -1)
+        self.capacity = new
+        self.growths += 1
+        self.compiling = True
+        try:
+            self.warm_gather_scatter()
+        finally:
+            self.compiling = False
+        self.log.info(
+            "asset_table_grown",
+            old_capacity=old,
+            new_capacity=new,
+            assets=n_live,
+            duration_s=round(time.perf_counter() - start, 6),
+        )
+
+    def bucket_for(self, n: int) -> int:
+        """Smallest bucket >= n (``ValueError`` if n exceeds the largest)."""
+        i = bisect.bisect_left(self.buckets, n)
+        if i == len(self.buckets):
+            raise ValueError(f"batch of {n} exceeds the largest bucket {self.buckets[-1]}")
+        return self.buckets[i]
+
+    # --- stepping --------------------------------------------------------------
+    def step(
+        self,
+        slots: Sequence[int],
+        y: Sequence[float],
+        ref: Sequence[float],
+        ts: Sequence[int],
+        now_ns: int,
+        depth: int,
+    ) -> StepResult:
+        """One jitted step of the assets in ``slots`` (distinct), padded to a bucket."""
+        n = len(slots)
+        b = self.bucket_for(n)
+        idx = np.full(b, self.pad_row, np.int32)
+        idx[:n] = slots
+        sidx = np.full(b, self.capacity + 1, np.int32)
+        sidx[:n] = slots
+        ys = np.zeros(b, np.float64)
+        ys[:n] = y
+        refs = np.zeros(b, np.float64)
+        refs[:n] = ref
+        tss = np.ones(b, np.int64)
+        tss[:n] = ts
+        return self._run(idx, sidx, ys, refs, tss, now_ns, depth, n)
+
+    def _run(
+        self,
+        idx: Index,
+        sidx: Index,
+        ys: FloatArray,
+        refs: FloatArray,
+        tss: IntArray,
+        now_ns: int,
+        depth: int,
+        n: int,
+    ) -> StepResult:
+        rows = _GATHER(self.stacked, idx)
+        obs = make_obs(ys, refs, tss)
+        start = time.perf_counter_ns()
+        new, out = self.fp.step_batch(rows, obs, now_ns, depth)
+        host: StepOutput = jax.device_get(out)
+        if self.step_delay is not None:
+            delay = self.step_delay()
+            if delay > 0:
+                time.sleep(delay)
+        latency = time.perf_counter_ns() - start
+        self.stacked = _SCATTER(self.stacked, sidx, new)
+        return StepResult(host, n, latency)
+
+    def warm_gather_scatter(self) -> None:
+        """Compile gather and scatter for every bucket at the current capacity."""
+        for b in self.buckets:
+            idx = np.full(b, self.pad_row, np.int32)
+            rows = _GATHER(self.stacked, idx)
+            sidx = np.full(b, self.capacity + 1, np.int32)
+            self.stacked = _SCATTER(self.stacked, sidx, rows)
+        _ready(self.stacked)
+
+    def warmup(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Run every bucket x depth once on pad lanes only (no state changes).
+
+        ``progress(done, total)`` is called after each graph. Returns the
+        number of graphs exercised.
+        """
+        total = len(self.buckets) * len(self.fp.depths)
+        done = 0
+        for b in self.buckets:
+            idx = np.full(b, self.pad_row, np.int32)
+            sidx = np.full(b, self.capacity + 1, np.int32)
+            ys = np.zeros(b, np.float64)
+            tss = np.ones(b, np.int64)
+            for depth in self.fp.depths:
+                self._run(idx, sidx, ys, ys.copy(), tss, 1, depth, 0)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        _ready(self.stacked)
+        return total
+
+    # --- state management --------------------------------------------------------
+    def reset_states(self, fp: FunctionalPredictor) -> None:
+        """Cold states for every slot under a new predictor (layout change); ids and seq kept."""
+        self.fp = fp
+        self._cold = jax.device_get(fp.init_state())
+        self.stacked = jax.device_put(_host_rows(self._cold, self.capacity + 1))
+        self.last_mode[:] = -1
+
+    def to_batch(self) -> AssetBatch:
+        """Snapshot section input (the device state is copied by the snapshot code)."""
+        n = len(self.names)
+        return make_asset_batch(
+            self.stacked,
+            list(self.names),
+            seq=self.seq[:n],
+            last_ts_ns=self.last_ts[:n],
+            slots=np.arange(n, dtype=np.int64),
+        )
+
+    def restore(self, batch: AssetBatch) -> None:
+        """Adopt a restored snapshot section (``batch.capacity`` counts the pad row)."""
+        capacity = batch.capacity - 1
+        if capacity < len(batch.ids) or capacity < 1:
+            raise ValueError(f"snapshot capacity {batch.capacity} cannot hold {len(batch.ids)}")
+        order = np.argsort(batch.slots)
+        slots = batch.slots[order]
+        if not np.array_equal(slots, np.arange(len(slots))):
+            raise ValueError("snapshot slots are not 0 .. n-1")
+        self.capacity = capacity
+        self.names = [batch.ids[i] for i in order]
+        self.ids = {a: s for s, a in enumerate(self.names)}
+        n = len(self.names)
+        self.seq = np.zeros(capacity, np.int64)
+        self.seq[:n] = batch.seq[order]
+        self.last_ts = np.zeros(capacity, np.int64)
+        self.last_ts[:n] = batch.last_ts_ns[order]
+        host = jax.device_get(batch.state)
+        # The pad row must be cold whatever the file holds.
+        host = jax.tree.map(_set_row(capacity), host, self._cold)
+        self.stacked = jax.device_put(host)
+        modes = np.asarray(jax.device_get(self.stacked.last_output.mode))[:capacity]
+        self.last_mode = np.where(self.seq > 0, modes.astype(np.int64), -1)
+        self.max_assets = max(self.max_assets, self.capacity)
+
+    def host_rows(self, leaf: Callable[[AssetState], jax.Array]) -> np.ndarray[Any, Any]:
+        """Host copy of one leaf for the live slots (one device transfer)."""
+        return np.asarray(jax.device_get(leaf(self.stacked)))[: len(self.names)]
+
+    def mode_counts(self, modes: Sequence[str]) -> dict[str, int]:
+        """Assets by the mode of their last prediction (assets without one are not counted)."""
+        n = len(self.names)
+        codes = self.last_mode[:n]
+        counts = np.bincount(codes[codes >= 0], minlength=len(modes))
+        return {m: int(counts[i]) for i, m in enumerate(modes)}
+
+
+def _copy_head(n: int) -> Callable[[Any, Any], Any]:
+    """Leaf function: ``dst`` with its first ``n`` rows taken from ``src``."""
+
+    def copy(dst: Any, src: Any) -> Any:
+        out = np.array(dst, copy=True)
+        out[:n] = np.asarray(src)[:n]
+        return out
+
+    return copy
+
+
+def _set_row(i: int) -> Callable[[Any, Any], Any]:
+    """Leaf function: ``stacked`` with row ``i`` replaced by ``row``."""
+
+    def put(stacked: Any, row: Any) -> Any:
+        out = np.array(stacked, copy=True)
+        out[i] = row
+        return out
+
+    return put
+
+
+def _ready(tree: Any) -> None:
+    """Wait until every leaf of ``tree`` is computed."""
+    for leaf in jax.tree.leaves(tree):
+        leaf.block_until_ready()
+
+
+def _resize(a: IntArray, n: int, fill: int) -> IntArray:
+    out = np.full(n, fill, a.dtype)
+    out[: len(a)] = a
+    return out

@@ -1,0 +1,127 @@
+"""The daemon's tick intake: the PULL socket, decoding, validation, reject counts.
+
+``Intake.receive(budget)`` takes queued messages without blocking and
+returns the valid ticks with their receipt time (``time.perf_counter_ns``
+of the message). It stops at ``budget`` messages, at ``budget`` ticks, or
+when one asset has ``max_rounds`` ticks in hand: each tick of one asset is
+one batched step of the loop, so this bounds the time until the loop's next
+turn (admin commands, watchdog pings).
+
+A message that fails the wire schema (``predictor.ipc.wire.decode_ticks``),
+or carries more than one frame (``multipart``), touches nothing: its rejects
+are counted by reason (``predictor_rejects_total{reason}``), the message in
+``predictor_malformed_messages_total``, and it is logged as
+``tick_malformed``, at most ``log_per_s`` lines a second (the rest are
+summarised by a ``tick_malformed_suppressed`` line).
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+from structlog.typing import FilteringBoundLogger
+
+from predictor.daemon.metrics import DaemonMetrics
+from predictor.ipc.wire import Tick, decode_ticks
+
+#: A tick and its receipt time (``time.perf_counter_ns``).
+Received = tuple[Tick, int]
+#: One reject of a message: reason label, batch position, detail for the log.
+RejectNote = tuple[str, int | None, str]
+
+#: Reject label of a tick message with more than one frame (ticks are one frame).
+MULTIPART = "multipart"
+
+
+class Intake:
+    """Reader of the tick socket; see the module docstring."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        metrics: DaemonMetrics,
+        log: FilteringBoundLogger,
+        *,
+        max_msg_bytes: int,
+        max_rounds: int,
+        log_per_s: int = 20,
+    ) -> None:
+        self.sock = sock
+        self.metrics = metrics
+        self.log = log
+        self.max_msg_bytes = max_msg_bytes
+        self.max_rounds = max_rounds
+        self.log_per_s = log_per_s
+        self.messages = 0
+        self.ticks = 0
+        self.malformed = 0
+        self._window = (0.0, 0, 0)  # (start, lines logged, messages suppressed)
+
+    def receive(self, budget: int) -> list[Received]:
+        """Queued valid ticks in arrival order (see the module docstring)."""
+        sock = self.sock
+        out: list[Received] = []
+        messages = 0
+        deepest = 0
+        per_asset: dict[str, int] = {}
+        clock = time.perf_counter_ns
+        while messages < budget and len(out) < budget and deepest < self.max_rounds:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            t = clock()
+            messages += 1
+            if sock.getsockopt(zmq.RCVMORE):
+                while sock.getsockopt(zmq.RCVMORE):
+                    sock.recv()
+                self._reject([(MULTIPART, None, "multi-frame message")], len(frame))
+                continue
+            ticks, rejects = decode_ticks(frame, max_frame_bytes=self.max_msg_bytes)
+            for tick in ticks:
+                out.append((tick, t))
+                depth = per_asset.get(tick.asset, 0) + 1
+                per_asset[tick.asset] = depth
+                deepest = max(deepest, depth)
+            if rejects:
+                self._reject([(str(r.reason), r.position, r.detail) for r in rejects], len(frame))
+        if messages:
+            self.messages += messages
+            self.metrics.messages.inc(messages)
+        if out:
+            self.ticks += len(out)
+            self.metrics.ticks.inc(len(out))
+        return out
+
+    def has_more(self) -> bool:
+        """Whether a message is waiting in the socket."""
+        events = self.sock.getsockopt(zmq.EVENTS)
+        return isinstance(events, int) and bool(events & zmq.POLLIN)
+
+    def _reject(self, rejects: list[RejectNote], size: int) -> None:
+        """Count one malformed message and its rejects; log it within the rate limit."""
+        self.malformed += 1
+        self.metrics.malformed.inc()
+        for reason, _, _ in rejects:
+            self.metrics.reject(reason)
+        now = time.monotonic()
+        start, logged, suppressed = self._window
+        if now - start >= 1.0:
+            if suppressed:
+                self.log.warning("tick_malformed_suppressed", messages=suppressed)
+            start, logged, suppressed = now, 0, 0
+        if logged < self.log_per_s:
+            reason, position, detail = rejects[0]
+            self.log.warning(
+                "tick_malformed",
+                reason=reason,
+                rejects=len(rejects),
+                position=position,
+                detail=detail,
+                bytes=size,
+            )
+            logged += 1
+        else:
+            suppressed += 1
+        self._window = (start, logged, suppressed)

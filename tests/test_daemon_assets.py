@@ -1,0 +1,183 @@
+"""AssetTable: slots, padding to buckets, gather/scatter, growth, restore.
+
+A tiny stand-in predictor keeps these tests fast (the real step takes
+minutes to compile): its state is a running sum and a tick counter per
+asset, so every row's expected value is known in closed form.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import structlog
+
+from predictor.daemon.assets import AssetLimitError, AssetTable
+from predictor.snapshots import make_asset_batch
+
+
+class Out(NamedTuple):
+    total: jax.Array
+    mode: jax.Array
+
+
+class State(NamedTuple):
+    total: jax.Array  # sum of y seen
+    count: jax.Array  # ticks seen
+    last_ts: jax.Array
+    last_output: Out
+
+
+def _step(s: State, y: jax.Array, ts: jax.Array, depth: int) -> tuple[State, Out]:
+    out = Out(s.total + y * depth, jnp.asarray(depth % 3, jnp.int64))
+    return State(out.total, s.count + 1, ts, out), out
+
+
+class TinyPredictor:
+    """The FunctionalPredictor interface the table uses, on a trivial state."""
+
+    depths = (3, 2)
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self._batch = {
+            d: jax.jit(jax.vmap(functools.partial(_step, depth=d)), donate_argnums=(0,))
+            for d in self.depths
+        }
+
+    def init_state(self) -> State:
+        z = jnp.asarray(0.0, jnp.float64)
+        return State(
+            z, jnp.asarray(0, jnp.int64), jnp.asarray(0, jnp.int64), Out(z, jnp.asarray(0))
+        )
+
+    def step_batch(self, states: State, obs: Any, now_ns: int, depth: int) -> tuple[State, Out]:
+        self.calls.append(int(obs.y.shape[0]))
+        return self._batch[depth](states, obs.y, obs.ts)  # type: ignore[no-any-return]
+
+
+def table(capacity: int = 2, max_assets: int = 100) -> AssetTable:
+    return AssetTable(
+        TinyPredictor(),  # type: ignore[arg-type]
+        capacity=capacity,
+        max_assets=max_assets,
+        buckets=(2, 8),
+        log=structlog.get_logger(),
+    )
+
+
+def test_padding_uses_the_next_bucket_and_discards_pad_lanes() -> None:
+    t = table(capacity=4)
+    for a in "abc":
+        t.add(a)
+    res = t.step([2, 0, 1], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [5, 5, 5], 0, 3)
+    assert t.fp.calls == [8]  # type: ignore[attr-defined]
+    assert res.n == 3
+    np.testing.assert_array_equal(np.asarray(res.out.total)[:3], [3.0, 6.0, 9.0])
+    totals = np.asarray(t.stacked.total)
+    np.testing.assert_array_equal(totals[:3], [6.0, 9.0, 3.0])
+    assert totals[t.pad_row] == 0.0  # the pad row is never written
+    assert int(np.asarray(t.stacked.count)[3]) == 0  # the free slot is untouched
+
+
+def test_growth_doubles_capacity_and_keeps_every_state() -> None:
+    t = table(capacity=2)
+    rng = np.random.default_rng(0)
+    expected: dict[int, float] = {}
+    growths = []
+    for i in range(11):
+        slot = t.add(f"asset{i}")
+        growths.append(t.capacity)
+        y = float(rng.normal())
+        t.step([slot], [y], [y], [1], 0, 2)
+        expected[slot] = 2 * y
+    assert growths == [2, 2, 4, 4, 8, 8, 8, 8, 16, 16, 16]
+    assert t.growths == 3  # O(log n) growths for n assets
+    totals = np.asarray(t.stacked.total)
+    for slot, value in expected.items():
+        assert totals[slot] == value
+    assert totals[t.pad_row] == 0.0
+    assert len(t.seq) == t.capacity == 16
+
+
+def test_max_assets_refuses_the_next_asset() -> None:
+    t = table(capacity=2, max_assets=3)
+    for a in "abc":
+        t.add(a)
+    assert t.capacity == 3
+    with pytest.raises(AssetLimitError):
+        t.add("d")
+
+
+def test_bucket_for_and_oversized_batches() -> None:
+    t = table()
+    assert [t.bucket_for(n) for n in (1, 2, 3, 8)] == [2, 2, 8, 8]
+    with pytest.raises(ValueError, match="largest bucket"):
+        t.bucket_for(9)
+
+
+def test_warmup_touches_no_state() -> None:
+    t = table(capacity=4)
+    t.add("a")
+    t.step([0], [1.5], [1.5], [1], 0, 3)
+    before = jax.device_get(t.stacked)
+    assert t.warmup() == 4  # 2 buckets x 2 depths
+    after = jax.device_get(t.stacked)
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def test_restore_round_trip_resets_the_pad_row() -> None:
+    t = table(capacity=4)
+    for a in "xyz":
+        t.add(a)
+    t.seq[:3] = [5, 6, 7]
+    t.last_ts[:3] = [50, 60, 70]
+    t.step([0, 1, 2], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1, 1, 1], 0, 3)
+    batch = t.to_batch()
+    assert batch.capacity == 5  # capacity + the pad row
+    # Damage the pad row in the "file": restore must put a cold state back.
+    state = jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(batch.state))
+    state.total[4] = 99.0
+    damaged = make_asset_batch(
+        state, list(batch.ids), seq=batch.seq, last_ts_ns=batch.last_ts_ns, slots=batch.slots
+    )
+    u = table(capacity=2)
+    u.restore(damaged)
+    assert u.names == ["x", "y", "z"] and u.capacity == 4
+    np.testing.assert_array_equal(u.seq[:3], [5, 6, 7])
+    np.testing.assert_array_equal(u.last_ts[:3], [50, 60, 70])
+    np.testing.assert_array_equal(np.asarray(u.stacked.total)[:3], [3.0, 6.0, 9.0])
+    assert float(np.asarray(u.stacked.total)[4]) == 0.0
+    assert u.mode_counts(("Standard", "Robust", "Emergency")) == {
+        "Standard": 3,
+        "Robust": 0,
+        "Emergency": 0,
+    }
+
+
+def test_no_compilation_after_warmup_until_growth() -> None:
+    events: list[str] = []
+
+    def listener(event: str, duration_secs: float, **_: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(event)
+
+    t = table(capacity=6)  # shapes no other test uses
+    t.warm_gather_scatter()
+    t.warmup()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for a in "abcdef":
+            t.add(a)
+        for k in range(5):
+            t.step([0, 1, 2], [1.0, 2.0, 3.0], [0.0] * 3, [k + 1] * 3, 0, 3)
+            t.step([3], [1.0], [1.0], [k + 1], 0, 2)
+        assert events == []
+        t.add("g")  # growth 6 -> 12: the gather/scatter graphs recompile
+        assert t.capacity == 12 and events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
