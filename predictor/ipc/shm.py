@@ -578,8 +578,9 @@ class LatestReader:
                     return raw
             self.lock_retries += 1
             if attempt % 64 == 63:
-                # Let a descheduled writer finish its record on a busy machine.
-                os.sched_yield()
+                # A writer descheduled mid-record on a busy machine needs CPU
+                # time to finish it: yield, then back off with short sleeps.
+                os.sched_yield() if attempt < 4096 else time.sleep(1e-4)
         raise ShmReadError(f"slot {slot}: no consistent copy in {self.max_retries} attempts")
 
     def close(self) -> None:
