@@ -61,6 +61,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from predictor.config import PredictorConfig
+from predictor.core.numerics import tree_sum
 from predictor.core.types import Scalar
 
 #: Relative ridge on the lag-0 autocovariance (Yule–Walker).
@@ -126,25 +127,6 @@ def init(cfg: PredictorConfig) -> AState:
         order=jnp.asarray(1, jnp.int32),
         sigma2=jnp.asarray(1.0, jnp.float64),
     )
-
-
-def tree_sum(v: jax.Array) -> jax.Array:
-    """Sum over the last axis by a fixed pairwise tree (zero-padded to a power of two).
-
-    Only elementwise adds are used, so the rounding is the same whether or
-    not the call is batched by ``vmap``; ``jnp.sum`` lowers to an XLA reduce
-    whose association order differs between a 1-D and a batched reduction
-    (observed: 1 ulp), which would break bitwise vmap equality.
-    """
-    n = v.shape[-1]
-    size = 1 << max(n - 1, 0).bit_length()
-    if size != n:
-        pad = jnp.zeros((*v.shape[:-1], size - n), v.dtype)
-        v = jnp.concatenate([v, pad], axis=-1)
-    while v.shape[-1] > 1:
-        half = v.shape[-1] // 2
-        v = v[..., :half] + v[..., half:]
-    return v[..., 0]
 
 
 def _safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:

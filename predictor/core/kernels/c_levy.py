@@ -69,7 +69,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from predictor.config import PredictorConfig
-from predictor.core.kernels.a_wiener import tree_sum
+from predictor.core.numerics import tree_sum
 from predictor.core.types import Scalar
 
 #: Cap on the mean-reversion rate (per tick): e^{-50} ~ 2e-22, the stiff limit.
