@@ -9,8 +9,11 @@ logged through structlog with the specification's warning names
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import jax
@@ -19,9 +22,11 @@ import structlog
 
 from predictor.config import PredictorConfig
 from predictor.core.functional import FunctionalPredictor, fit_verdict, output_to_result
+from predictor.core.persistence import asset_payload, restore_asset
 from predictor.core.step import REJECT_NON_FINITE, AssetState, StepOutput
 from predictor.core.types import PredictionResult, ProcessState
 from predictor.errors import DomainError, FrequencyWarning, StalenessWarning
+from predictor.snapshots import AsyncSnapshotWriter, SnapshotResult, load_snapshot, save_snapshot
 
 log = structlog.get_logger("predictor.core")
 
@@ -33,6 +38,8 @@ class UniversalPredictor:
     or non-finite). ``fit_history`` bootstraps the state from a history in
     one ``lax.scan``. ``set_depth`` switches among the precompiled
     signature depths without recompiling or losing state.
+    ``save_snapshot`` / ``load_snapshot`` / ``save_snapshot_nonblocking``
+    persist the state bit-exactly (msgpack + SHA-256, atomic replace).
     """
 
     def __init__(self, config: PredictorConfig | None = None, *, warmup: bool = True) -> None:
@@ -41,6 +48,8 @@ class UniversalPredictor:
         self._state: AssetState = self._fp.init_state()
         self._depth = self.config.log_sig_depth
         self._last_valid: PredictionResult | None = None
+        self._writer: AsyncSnapshotWriter | None = None
+        self._writer_lock = threading.Lock()
 
     @property
     def state(self) -> AssetState:
@@ -113,6 +122,54 @@ class UniversalPredictor:
         if not ok:
             log.warning("fit_history_unstable", cusum_drift=self._last_valid.cusum_drift)
         return ok
+
+    # ------------------------------------------------------------ snapshots --
+    def save_snapshot(self, filepath: str | os.PathLike[str]) -> SnapshotResult:
+        """Write the state to ``filepath`` atomically (temp, fsync, replace, fsync dir).
+
+        The file is the msgpack payload followed by its hex SHA-256; an
+        ``OSError`` (full disk, permissions) propagates and leaves any
+        previous file at ``filepath`` intact.
+        """
+        return save_snapshot(filepath, asset_payload(self.config, self._state, self._depth))
+
+    def save_snapshot_nonblocking(self, filepath: str | os.PathLike[str]) -> Future[SnapshotResult]:
+        """Copy the state to the host now; pack, hash and write on a thread pool.
+
+        The returned future resolves to a ``SnapshotResult`` (status
+        ``success``, ``failed`` with the error, or ``superseded`` when a
+        newer request for the same path replaced this one before it ran).
+        Stepping may continue at once: the copy is private.
+        """
+        payload = asset_payload(self.config, self._state, self._depth)
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = AsyncSnapshotWriter(max_workers=1)
+            writer = self._writer
+        return writer.submit(filepath, payload)
+
+    def wait_for_snapshots(self, timeout: float | None = None) -> bool:
+        """Block until queued snapshot writes finish; False on timeout."""
+        return self._writer is None or self._writer.wait(timeout)
+
+    def load_snapshot(self, filepath: str | os.PathLike[str]) -> None:
+        """Replace the state by the verified snapshot at ``filepath``.
+
+        Raises ``IntegrityError`` (checksum mismatch, truncated or empty
+        file), ``SchemaVersionError`` (a ``ValueError`` naming both
+        versions), ``LayoutMismatchError`` (the state does not fit this
+        config; the message lists the fields that changed) or
+        ``SnapshotTooLargeError``. On any error the current state is kept.
+        """
+        payload = load_snapshot(filepath, self.config.schema_version)
+        state, depth = restore_asset(payload, self._fp.init_state(), self.config)
+        if depth not in self._fp.depths:
+            raise ValueError(
+                f"{filepath}: snapshot depth {depth} not in shed_ladder {self._fp.depths}"
+            )
+        self._state, self._depth = state, depth
+        self._last_valid = output_to_result(state.last_output) if int(state.count) > 0 else None
+        log.info("snapshot_loaded", path=os.fspath(filepath), ticks=int(state.count))
 
 
 class ConfigReloadablePredictor(UniversalPredictor):
