@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Benchmark modules in run order; absent ones are skipped.
-MODULES = ("accuracy", "changepoints", "speed", "holder", "daemon", "tuning")
+MODULES = ("accuracy", "changepoints", "speed", "holder", "snapshots", "daemon", "tuning")
 #: Modules whose compile-time figures must be cold in a full run.
 COLD_IN_FULL = frozenset({"speed"})
 CACHE_DIR = ROOT / "build" / "jax-cache"
