@@ -114,11 +114,3 @@ def test_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(acquire_lock(tmp_path / "predictord.lock"))  # free again once released
-
-
-def test_single_lane_buckets_are_padded_to_two() -> None:
-    from predictor.daemon.service import effective_buckets
-
-    assert effective_buckets((1, 8, 64, 512)) == (2, 8, 64, 512)
-    assert effective_buckets((1, 2, 16)) == (2, 16)
-    assert effective_buckets((16,)) == (16,)

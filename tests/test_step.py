@@ -15,7 +15,7 @@ import structlog
 from predictor.config import PredictorConfig
 from predictor.core.functional import FunctionalPredictor, make_obs, output_to_result
 from predictor.core.predictor import ConfigReloadablePredictor, UniversalPredictor
-from predictor.core.step import REJECT_NON_FINITE, REJECT_OUTLIER
+from predictor.core.step import REJECT_NON_FINITE, REJECT_OUTLIER, dgm_steps_for_depth
 from predictor.core.types import ProcessState
 from predictor.errors import DomainError
 
@@ -317,3 +317,20 @@ def test_config_reload_keeps_state_for_sensitivities_and_reinits_for_layout(tmp_
     with pytest.raises(ValueError, match="cusum_h"):
         rp.check_and_reload_config()
     assert rp.config.cusum_h == 9.5
+
+
+@pytest.mark.parametrize(
+    ("ladder", "start", "steps", "expected"),
+    [
+        ((5, 3, 2), 3, 2, {5: 2, 3: 2, 2: 0}),  # shipped: the last rung only evaluates
+        ((5, 3, 2), 5, 4, {5: 4, 3: 2, 2: 0}),
+        ((5, 4, 3, 2), 5, 8, {5: 8, 4: 4, 3: 2, 2: 0}),
+        ((3,), 3, 2, {3: 2}),  # no shedding: full budget
+        ((5, 3, 2), 2, 2, {5: 2, 3: 2, 2: 2}),  # starting on the last rung is not shedding
+    ],
+)
+def test_dgm_training_budget_per_shedding_level(
+    ladder: tuple[int, ...], start: int, steps: int, expected: dict[int, int]
+) -> None:
+    cfg = PredictorConfig(shed_ladder=ladder, log_sig_depth=start, dgm_train_steps=steps)
+    assert {d: dgm_steps_for_depth(cfg, d) for d in ladder} == expected

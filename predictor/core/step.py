@@ -177,9 +177,19 @@ def init_state(cfg: PredictorConfig, key: jax.Array | None = None) -> AssetState
 
 
 def dgm_steps_for_depth(cfg: PredictorConfig, depth: int) -> int:
-    """DGM Adam steps at a shedding level: halved per level below ``log_sig_depth``."""
+    """DGM Adam steps at a shedding level.
+
+    ``dgm_train_steps`` at ``log_sig_depth`` and above, halved per level
+    below it, and none on the last rung of a ladder that sheds at all: the
+    training is most of a step's cost (about 80% at the defaults), so the
+    deepest shedding level only evaluates the warm-started network.
+    """
     ladder = cfg.shed_ladder
-    rank = max(0, ladder.index(depth) - ladder.index(cfg.log_sig_depth)) if depth in ladder else 0
+    if depth not in ladder:
+        return cfg.dgm_train_steps
+    rank = max(0, ladder.index(depth) - ladder.index(cfg.log_sig_depth))
+    if rank > 0 and depth == ladder[-1]:
+        return 0
     return cfg.dgm_train_steps >> rank
 
 

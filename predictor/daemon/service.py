@@ -112,8 +112,6 @@ MUTATING_COMMANDS = frozenset({"snapshot", "reload", "shed", "drain"})
 MAX_ROUNDS_PER_ITERATION = 32
 #: Admin commands run per loop iteration (the rest wait for the next one).
 MAX_COMMANDS_PER_ITERATION = 8
-#: Smallest batch: see ``effective_buckets``.
-MIN_BUCKET = 2
 #: Longest idle wait of one loop iteration (ms): bounds the latency of
 #: periodic work; ticks and admin commands wake the loop at once.
 IDLE_POLL_MS = 50
@@ -154,22 +152,6 @@ def acquire_lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def effective_buckets(configured: tuple[int, ...]) -> tuple[int, ...]:
-    """Batch buckets with every size below ``MIN_BUCKET`` raised to it.
-
-    XLA compiles a one-lane ``vmap`` to scalar code whose floating-point
-    rounding differs from the vectorised lanes of wider batches: with the
-    shipped config, predictions of a 1-lane batch differ in the last bits
-    once the window fills, while 2, 4, 8 and 16 lanes agree bit for bit in
-    every lane (measured). Single ticks are therefore padded to two lanes.
-    Agreement across widths is a property of the compiled core, not a
-    guarantee (with ``dgm_solver = "fd"`` 2 and 16 lanes differ): a daemon
-    whose results must not depend on how ticks were grouped into batches
-    runs one bucket size.
-    """
-    return tuple(sorted({max(b, MIN_BUCKET) for b in configured}))
 
 
 def _step_delay_hook() -> Callable[[], float] | None:
@@ -220,19 +202,13 @@ class Service:
         jax.monitoring.register_event_duration_secs_listener(self._on_compile)
 
         self.fp = FunctionalPredictor(self.cfg, warmup=False)
-        buckets = effective_buckets(self.settings.batch_buckets)
-        if buckets != self.settings.batch_buckets:
-            log.info(
-                "batch_buckets_adjusted",
-                configured=list(self.settings.batch_buckets),
-                used=list(buckets),
-                reason="a 1-lane batch compiles to scalar code whose rounding differs",
-            )
+        # Any bucket size, 1 included: a batch is a lax.map of the single-asset
+        # step, so an asset's bits do not depend on the batch it ran in.
         self.table = AssetTable(
             self.fp,
             capacity=self.settings.initial_capacity,
             max_assets=self.settings.max_assets,
-            buckets=buckets,
+            buckets=self.settings.batch_buckets,
             log=log,
             step_delay=_step_delay_hook(),
         )
