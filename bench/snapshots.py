@@ -144,7 +144,8 @@ def main() -> None:
         f"Medians of {reps} repetitions after one warm-up; the directory is a local "
         f"filesystem ({tempfile.gettempdir()}). Target: non-blocking submit < 0.25 x sync save.\n"
     )
-    head = ["state", "file (MB)", "sync save (ms)", "non-blocking submit (ms)", "ratio", "load (ms)"]
+    head = ["state", "file (MB)", "sync save (ms)", "non-blocking submit (ms)", "ratio"]
+    head.append("load (ms)")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
