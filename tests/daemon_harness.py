@@ -355,7 +355,7 @@ from predictor.ipc.shm import unpack_record
 name, stop_file, out_file = sys.argv[1:4]
 reader = LatestReader(name)
 open(out_file + ".started", "w").close()
-copies = torn = regressions = 0
+copies = torn = regressions = changes = 0
 last_seq = {}
 while not os.path.exists(stop_file):
     for asset in reader.assets():
@@ -375,17 +375,29 @@ while not os.path.exists(stop_file):
             continue
         if rec["seq"] < last_seq.get(asset, 0):
             regressions += 1
+        elif rec["seq"] > last_seq.get(asset, 0):
+            changes += 1
         last_seq[asset] = rec["seq"]
 final = {a: {k: r[k] for k in ("seq", "ts", "predicted_value", "mode")}
          for a, r in reader.records().items()}
 with open(out_file, "w") as fh:
     json.dump({"copies": copies, "torn": torn, "regressions": regressions,
+               "changes": changes, "lock_retries": reader.lock_retries,
                "checksum_failures": reader.checksum_failures, "final": final}, fh)
 """
 
 
 class ShmReaderProcess:
-    """``SHM_READER`` in a subprocess: polls until ``finish()``; returns its report."""
+    """``SHM_READER`` in a subprocess: polls until ``finish()``; returns its report.
+
+    Report keys: ``copies`` (records copied under the sequence lock),
+    ``torn`` (copies whose checksum field disagrees with their payload),
+    ``regressions`` (copies whose seq is below one seen before for the asset),
+    ``changes`` (copies showing a newer seq than the previous copy: updates
+    observed while the writer ran), ``lock_retries`` and ``checksum_failures``
+    (``LatestReader`` counters), ``final`` (seq, ts, predicted_value, mode of
+    every asset, read after the stop request).
+    """
 
     def __init__(self, name: str, tmp: Path) -> None:
         self.stop_file = tmp / f"shm-stop-{name}"
