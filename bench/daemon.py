@@ -1,6 +1,6 @@
 """Daemon benchmark: predictord end to end over ipc, as deployed.
 
-    .venv/bin/python -m bench.daemon [--quick] [--solver dgm|fd] [--buckets 2,512]
+    .venv/bin/python -m bench.daemon [--quick] [--solver dgm|fd] [--buckets 1,512]
 
 Starts a real ``predictord`` subprocess (shipped ``[predictor]`` config,
 optionally with another kernel-B solver; ``[daemon]`` with the given batch
@@ -18,7 +18,15 @@ it over its ipc sockets from this process:
    ticks/s over the measurement window;
 3. the daemon's own view from its Prometheus metrics: mean batched step
    time and batch size, the step share of the wall time, the shed level;
-4. the drain time of a SIGTERM.
+4. **admin abuse** (issue 9): the single-asset latency at the comfortable
+   rate in alternating windows, quiet and with 50 abusive admin clients
+   (status requests, random garbage, oversized and half-written requests,
+   bad arguments; about 500 connections/s in all) running in *another
+   process* (``abuse_process``), and control windows where the same clients
+   hit a trivial server in their own process (same CPU load, no admin work
+   in the daemon), so that the p99 quiet, abused and under the same load
+   without admin work are measured in one run;
+5. the drain time of a SIGTERM.
 
 Prints markdown tables on stdout, progress on stderr. Compiled graphs come
 from the JAX persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``,
@@ -28,7 +36,9 @@ default ``build/jax-cache``): the first run compiles every bucket x depth.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -255,6 +265,109 @@ def latency_phase(
     }
 
 
+ABUSE_CLIENTS = 50
+
+
+def _abuse_client(path: str, stop: threading.Event, kind: int, counts: list[int]) -> None:
+    """One abusive admin client: a new connection every 0.1 s, misbehaving by ``kind``."""
+    while not stop.is_set():
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            if kind == 0:
+                s.sendall(b'{"cmd": "status"}\n')
+                s.recv(65536)
+            elif kind == 1:
+                s.sendall(os.urandom(512).replace(b"\n", b"") + b"\n")
+                s.recv(65536)
+            elif kind == 2:
+                s.sendall(b"{" * 200_000)
+            elif kind == 3:
+                s.sendall(b'{"cmd": "assets"')  # half-written, then hang up
+            else:
+                s.sendall(b'{"cmd": "shed", "level": "sideways"}\n')
+                s.recv(65536)
+            counts[kind] += 1
+        time.sleep(0.1)
+
+
+def _dummy_server(path: str, stop: threading.Event) -> None:
+    """A trivial Unix-socket server that answers one line per connection (control load)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by the previous control window
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(path)
+        srv.listen(socket.SOMAXCONN)
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), conn:
+                conn.settimeout(0.05)
+                conn.recv(65536)
+                conn.sendall(b'{"ok": false, "error": "control"}\n')
+
+
+def abuse_process(path: str, seconds: float, conn: Any, control: bool = False) -> None:
+    """Run ``ABUSE_CLIENTS`` abusive clients for ``seconds``; send back the connection count.
+
+    With ``control`` the same clients hit a trivial server in this process
+    instead of the daemon: the CPU they and their server take is the same,
+    but the daemon does no admin work, so the latency of that window is the
+    machine's own noise under that load.
+    """
+    stop = threading.Event()
+    if control:
+        path = f"{path}.control"
+        server = threading.Thread(target=_dummy_server, args=(path, stop), daemon=True)
+        server.start()
+        time.sleep(0.3)
+    counts = [0] * 5
+    threads = [
+        threading.Thread(target=_abuse_client, args=(path, stop, i % 5, counts), daemon=True)
+        for i in range(ABUSE_CLIENTS)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    conn.send(sum(counts))
+
+
+WINDOW_KINDS = ("quiet", "abused", "control")
+
+
+def abuse_phase(
+    d: Daemon, ctx: Any, rate: float, window_s: float, rounds: int
+) -> list[dict[str, Any]]:
+    """Rounds of quiet, abused and control windows at ``rate`` ticks/s on one asset."""
+    mp = multiprocessing.get_context("spawn")
+    out = []
+    for w in range(len(WINDOW_KINDS) * rounds):
+        kind = WINDOW_KINDS[w % len(WINDOW_KINDS)]
+        proc, parent = None, None
+        if kind != "quiet":
+            parent, child = mp.Pipe()
+            path = str(d.rundir / "admin.sock")
+            proc = mp.Process(
+                target=abuse_process, args=(path, window_s + 1.0, child, kind == "control")
+            )
+            proc.start()
+            time.sleep(1.0)  # the clients are connecting before the window starts
+        phase = latency_phase(d, ctx, window_s, rate)
+        phase["kind"] = kind
+        phase["connections"] = 0
+        if proc is not None and parent is not None:
+            phase["connections"] = parent.recv() if parent.poll(30) else -1
+            proc.join(30)
+        out.append(phase)
+    return out
+
+
 def throughput_phase(d: Daemon, ctx: Any, n_assets: int, seconds: float) -> dict[str, Any]:
     sub = Subscriber(ctx, d.status["endpoints"]["predictions"])
     push = ctx.socket(zmq.PUSH)
@@ -333,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.daemon", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short phases (about a minute each)")
     p.add_argument("--solver", choices=("dgm", "fd"), default="dgm", help="kernel B solver")
-    p.add_argument("--buckets", default="2,512", help="daemon batch buckets")
+    p.add_argument("--buckets", default="1,512", help="daemon batch buckets")
     p.add_argument("--assets", type=int, default=1000, help="assets of the throughput phase")
     args = p.parse_args(argv)
     buckets = [int(b) for b in args.buckets.split(",")]
@@ -360,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         easy_rate = max(1.0, round(0.5 * lat["achieved"]))
         progress(f"latency at {easy_rate:.0f} ticks/s (half the single-asset capacity)")
         easy = latency_phase(d, ctx, 2 * lat_s, easy_rate)
+        progress(f"admin abuse: {ABUSE_CLIENTS} clients, quiet/abused windows at {easy_rate:.0f}/s")
+        abused = abuse_phase(d, ctx, easy_rate, lat_s, rounds=1 if args.quick else 3)
+        alive = d.proc.poll() is None
         m1 = d.metrics()
         progress("throughput phase")
         t = time.monotonic()
@@ -398,6 +514,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"step share of wall time {lat_prof['step_share']:.0%}, shed level "
         f"{lat_prof['shed_level']:.0f}.\n"
     )
+    out.append(
+        f"Admin abuse: {ABUSE_CLIENTS} clients in another process (status, garbage, "
+        "oversized, half-written, bad arguments), alternating with quiet windows and control "
+        "windows (the same clients against a trivial server in their own process: the same "
+        "CPU load, no admin work in the daemon); one asset "
+        f"at {easy_rate:.0f} ticks/s. Daemon alive afterwards: {'yes' if alive else 'NO'}.\n"
+    )
+    out.append(
+        "| window | admin connections | answered | daemon p50 ms | daemon p99 ms | "
+        "e2e p50 ms | e2e p99 ms |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for i, ph in enumerate(abused):
+        dp, ep = ph["daemon"], ph["e2e"]
+        out.append(
+            f"| {i + 1}: {ph['kind']} | {ph['connections']} | "
+            f"{ph['answered']}/{ph['sent']} | {dp[0]:.2f} | {dp[1]:.2f} | {ep[0]:.2f} | "
+            f"{ep[1]:.2f} |"
+        )
+    out.append("")
     out.append("| throughput, closed loop (<= 2 rounds in flight) | value |")
     out.append("|---|---:|")
     out.append(f"| assets | {thr['assets']} |")
