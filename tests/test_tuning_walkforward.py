@@ -154,5 +154,7 @@ def test_deep_trial_layouts_are_released(
     monkeypatch.setattr(walk, "forecasts", lambda cfg: kept)  # no compilation in this test
     walk.evaluate(walk.base.replace(epsilon=0.5))  # same layout: cache kept
     assert functional._compiled_scan.cache_info().currsize >= 1
-    walk.evaluate(walk.base.replace(wtmm_num_scales=5))  # a deep-tier layout
-    assert functional._compiled_scan.cache_info().currsize == 0
+    deep = walk.base.replace(wtmm_num_scales=5)
+    walk.evaluate(deep)  # a deep-tier layout: its graphs are released, the base's kept
+    assert functional.layout_config(deep) not in functional.compiled_layouts()
+    assert functional.layout_config(walk.base) in functional.compiled_layouts()

@@ -7,14 +7,18 @@ graph and one ``vmap`` graph per signature depth of ``cfg.shed_ladder``.
 Switching depth therefore never recompiles, and every depth shares one state
 layout. ``step_batch`` donates the input states so that XLA can update the
 stacked buffers in place.
+
+The graphs are memoised per layout (``layout_config``) at module level and
+shared by every instance; ``evict_compiled`` releases a layout's graphs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +32,7 @@ from predictor.core.types import MODES, PredictionResult, ProcessState
 _DEFAULTS = {name: getattr(PredictorConfig(), name) for name in DYNAMIC_FIELDS}
 
 StepFn = Callable[[AssetState, Obs, jax.Array, Params], tuple[AssetState, StepOutput]]
+_Graph = TypeVar("_Graph")
 
 
 def make_obs(y: Any, ref: Any, ts: Any) -> Obs:
@@ -92,8 +97,69 @@ def layout_config(cfg: PredictorConfig) -> PredictorConfig:
     return dataclasses.replace(cfg, **{name: _DEFAULTS[name] for name in DYNAMIC_FIELDS})
 
 
-@functools.cache
-def _compiled_single(cfg: PredictorConfig, depth: int) -> StepFn:
+class CacheInfo(NamedTuple):
+    """Counters of a graph cache (the fields of ``functools`` caches)."""
+
+    hits: int
+    misses: int
+    maxsize: int | None
+    currsize: int
+
+
+class _GraphCache(Generic[_Graph]):
+    """Memo of one graph builder keyed by ``(layout config, *args)``.
+
+    ``functools.cache`` would do, but it can only be emptied as a whole;
+    this one also drops the entries of one layout (``evict``), so that
+    releasing a tuning trial's graphs leaves the graphs in use compiled.
+    """
+
+    def __init__(self, build: Callable[..., _Graph]) -> None:
+        self._build = build
+        self._graphs: dict[tuple[Hashable, ...], _Graph] = {}
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        functools.update_wrapper(self, build)
+
+    def __call__(self, cfg: PredictorConfig, *args: Hashable) -> _Graph:
+        key = (cfg, *args)
+        with self._lock:
+            graph = self._graphs.get(key)
+            if graph is not None:
+                self._hits += 1
+                return graph
+        # Built outside the lock: a builder may call another cache's builder.
+        # ``jax.jit`` compiles lazily, so a racing duplicate costs nothing.
+        built = self._build(cfg, *args)
+        with self._lock:
+            self._misses += 1
+            return self._graphs.setdefault(key, built)
+
+    def evict(self, layout: PredictorConfig | None = None) -> int:
+        """Forget the graphs of ``layout`` (every graph when None); returns how many."""
+        with self._lock:
+            keys = [k for k in self._graphs if layout is None or k[0] == layout]
+            for k in keys:
+                del self._graphs[k]
+        return len(keys)
+
+    def layouts(self) -> frozenset[PredictorConfig]:
+        """The layouts that have a graph here."""
+        with self._lock:
+            return frozenset(k[0] for k in self._graphs if isinstance(k[0], PredictorConfig))
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, None, len(self._graphs))
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._graphs.clear()
+            self._hits = self._misses = 0
+
+
+def _build_single(cfg: PredictorConfig, depth: int) -> StepFn:
     """One jitted single-asset graph per (config, depth), shared by every instance.
 
     It is the batch graph on a batch of one, so a single step runs exactly the
@@ -113,8 +179,7 @@ def _compiled_single(cfg: PredictorConfig, depth: int) -> StepFn:
     return jax.jit(run)
 
 
-@functools.cache
-def _compiled_batch(cfg: PredictorConfig, depth: int) -> StepFn:
+def _build_batch(cfg: PredictorConfig, depth: int) -> StepFn:
     """One jitted batch graph per (config, depth); the stacked states are donated.
 
     The batch is a ``lax.map`` of the single-asset step, not a ``vmap``: XLA
@@ -136,8 +201,7 @@ def _compiled_batch(cfg: PredictorConfig, depth: int) -> StepFn:
     return jax.jit(run, donate_argnums=(0,))
 
 
-@functools.cache
-def _compiled_scan(cfg: PredictorConfig) -> Callable[..., tuple[AssetState, StepOutput]]:
+def _build_scan(cfg: PredictorConfig) -> Callable[..., tuple[AssetState, StepOutput]]:
     """``lax.scan`` of ``core_step`` over a series, with ``now`` = each tick's timestamp."""
 
     def run(
@@ -150,6 +214,41 @@ def _compiled_scan(cfg: PredictorConfig) -> Callable[..., tuple[AssetState, Step
         return jax.lax.scan(body, state, (ys, refs, ts))
 
     return jax.jit(run, static_argnames=("depth",))
+
+
+_compiled_single: _GraphCache[StepFn] = _GraphCache(_build_single)
+_compiled_batch: _GraphCache[StepFn] = _GraphCache(_build_batch)
+_compiled_scan: _GraphCache[Callable[..., tuple[AssetState, StepOutput]]] = _GraphCache(_build_scan)
+_CACHES = (_compiled_single, _compiled_batch, _compiled_scan)
+
+
+def evict_compiled(cfg: PredictorConfig | None = None) -> int:
+    """Release the memoised graphs of ``cfg``'s layout, or of every layout when None.
+
+    Why: each memoised ``jax.jit`` wrapper keeps its XLA executables (one
+    per input shape: a scan compiles once per series length) and their
+    device constants alive for the life of the process, as this module
+    holds it forever. That is right for the few layouts a daemon or a
+    fast-tier study uses, and a leak for a deep-tier study, whose every
+    trial may be a new layout. Only ``cfg``'s layout (``layout_config``,
+    so any config of that layout names it) is dropped; graphs of other
+    layouts stay compiled.
+
+    Instances created before keep working: a ``FunctionalPredictor`` holds
+    its own step graphs, and its ``scan`` rebuilds the scan graph on the
+    next call (a trace, plus a compile or a persistent-cache load).
+    Returns the number of graphs released (single, batch and scan together).
+    """
+    layout = None if cfg is None else layout_config(cfg)
+    return sum(cache.evict(layout) for cache in _CACHES)
+
+
+def compiled_layouts() -> frozenset[PredictorConfig]:
+    """The layouts (``layout_config`` values) that currently have memoised graphs."""
+    out: frozenset[PredictorConfig] = frozenset()
+    for cache in _CACHES:
+        out |= cache.layouts()
+    return out
 
 
 class FunctionalPredictor:
@@ -258,8 +357,11 @@ def fit_verdict(final: StepOutput, cusum_h: float) -> bool:
 
 
 __all__ = [
+    "CacheInfo",
     "FunctionalPredictor",
     "batch_to_results",
+    "compiled_layouts",
+    "evict_compiled",
     "fit_verdict",
     "make_obs",
     "output_to_result",

@@ -222,15 +222,17 @@ class WalkForward:
         """Score ``cfg``; a non-finite forecast makes every metric ``inf``.
 
         A config whose layout differs from ``base`` (a deep-tier trial)
-        compiles its own scan; ``functional`` caches compiled scans without
-        bound, so after such an evaluation that cache is emptied: a campaign
-        of hundreds of layouts would otherwise keep every executable alive.
+        compiles its own graphs; ``functional`` memoises graphs per layout
+        without bound, so after such an evaluation that layout's graphs are
+        released (``functional.evict_compiled``): a campaign of hundreds of
+        layouts would otherwise keep every executable alive. The base
+        layout's scan, which sensitivity trials share, stays compiled.
         """
         try:
             forecasts = self.forecasts(cfg)
         finally:
             if functional.layout_config(cfg) != functional.layout_config(self.base):
-                functional._compiled_scan.cache_clear()
+                functional.evict_compiled(cfg)
         per_fold: dict[str, list[float]] = {m: [] for m in METRICS}
         n = 0
         for f, pred, scale in zip(self.folds, forecasts, self._scales, strict=True):
