@@ -1,22 +1,31 @@
 """Bitwise batch invariance for kernel B: ``vmap`` as a loop, tree reductions.
 
 ``jax.vmap(update)`` must equal the per-item calls bit for bit. XLA:CPU does
-not guarantee that for batched code: the summation order of a reduce, the
-code path of transcendental functions fused next to one, FMA contraction
-(always on in XLA:CPU) and the rewriting of thin matrix products into
-reductions all depend on the shapes, i.e. on the batch size. Measured with
-jax 0.10: ``exp(x - max(x))`` on a 64 x 63 array, and the DGM weight
-gradients, differ in the last bit between vmap over 2 items and single calls.
+not promise that: the summation order of a reduce, the code path of a
+transcendental function fused next to one, the rewriting of thin matrix
+products into reductions and FMA contraction in fused loops all depend on
+the shapes, i.e. on the batch size, and on the surrounding program. Measured
+with jax 0.10 (default CPU fusion emitters): ``exp(x - max(x))`` on a 64 x 63
+array differs in the last bit between vmap over 2 items and single calls;
+so do the DGM weight gradients; and ``b - dt a`` style generator arithmetic
+of the fd solver differs between a ``lax.map`` body and a standalone call.
 
-Two defences:
+Kernel B therefore uses two defences, chosen per solver by what held in the
+tests (every config, batch size 1 to 7, several ticks, bit for bit):
 
-* ``sequential_vmap``: under ``vmap`` the wrapped function runs as a
-  ``lax.map`` over the items, i.e. the same unbatched computation once per
-  item, instead of being rewritten into batched operations. Items are then
+* ``sequential_vmap`` (dgm): under ``vmap`` the wrapped function runs as a
+  ``lax.map`` over the items, i.e. the unbatched computation once per item,
+  instead of being rewritten into batched operations. Items are then
   processed one after another (no SIMD across the batch).
-* ``tree_sum`` / ``tree_max`` / ``tree_min``: reductions by pairwise halving on
-  static slices, so that the order is fixed by the code and the fusions of the
-  unbatched computation contain no XLA reduce either.
+* ``tree_sum`` / ``tree_max`` / ``tree_min`` (everywhere; what lets the fd
+  solver batch normally): reductions by pairwise halving on static slices, so
+  that the order is fixed by the code and the fusions contain no XLA reduce.
+  Divisions by traced scalars are written as products with a reciprocal for
+  the same reason.
+
+With ``XLA_FLAGS=--xla_cpu_use_fusion_emitters=false`` plain ``vmap`` was
+bitwise equal for both solvers in the same tests; that flag is a process-wide
+choice for the daemon, not for a kernel.
 """
 
 from __future__ import annotations

@@ -21,8 +21,7 @@ units) rather than by the window's range, so that the function the network
 holds keeps its meaning from tick to tick and warm starts help.
 
 Derivatives V_t, V_x, V_xx are forward mode (``jax.jvp``, nested for V_xx);
-only the gradient with respect to the weights is reverse mode, taken per
-collocation point and summed by ``tree_sum`` (see ``b_batch``).
+only the gradient with respect to the weights is reverse mode.
 
 Weights are one flat float64 vector (``param_shapes`` gives the layout), so
 that Adam's state is a single array: optax's per-leaf arithmetic on a tree of
@@ -115,15 +114,11 @@ def dgm_value(
     act = _activation(cfg.dgm_activation)
     mats = unflatten(theta, cfg)
     xs = x * (1.0 / X_SCALE)
-    # The input layer (2 inputs) and the output layer (1 output) are written
-    # elementwise and with ``tree_sum``: XLA turns products with so thin a
-    # side into reductions, whose order changes with the batch size (vmap).
-    first, out = mats[0], mats[-1][:, 0]
-    h = act((2.0 * t - 1.0)[:, None] * first[0] + xs[:, None] * first[1] + first[2])
-    for m in mats[1:-1]:
+    h = jnp.stack([2.0 * t - 1.0, xs], axis=-1)
+    for m in mats[:-1]:
         h = act(_affine(h, m))
-    width = cfg.dgm_width_size
-    correction = tree_sum(h * out[:width]) + xs * out[width] + out[width + 1]
+    # The skip a x / X_SCALE is one more input of the output layer.
+    correction = _affine(jnp.concatenate([h, xs[:, None]], axis=1), mats[-1])[:, 0]
     return x + (1.0 - t) * correction
 
 
@@ -201,15 +196,9 @@ def dgm_train(
 
     inv_p = 1.0 / cfg.dgm_collocation_points
 
-    def point_residual(p: Array, t: Array, x: Array, b: Array, s2: Array) -> Array:
-        _, r = pde_residual(p, t[None], x[None], b[None], s2[None], cfg=cfg)
-        return r[0]
-
-    # Per-point residuals and their weight gradients, summed over the points
-    # by ``tree_sum``: autodiff of a batched loss would sum over the points
-    # with XLA reductions, whose order (and so the last bits) changes with
-    # the batch size under vmap.
-    point_grads = jax.vmap(jax.value_and_grad(point_residual), in_axes=(None, 0, 0, 0, 0))
+    def loss_fn(p: Array, t: Array, x: Array, b: Array, s2: Array) -> Array:
+        _, r = pde_residual(p, t, x, b, s2, cfg=cfg)
+        return tree_sum(r * r) * inv_p
 
     def step(
         carry: tuple[Array, optax.OptState], u: Array
@@ -217,9 +206,7 @@ def dgm_train(
         p, s = carry
         t, x = collocation(u, lo, hi, cfg.dgm_collocation_points)
         b, s2 = coef(x)
-        r, dr = point_grads(p, t, x, b, s2)
-        loss = tree_sum(r * r) * inv_p
-        grads = tree_sum(((2.0 * inv_p) * r)[None, :] * dr.T)
+        loss, grads = jax.value_and_grad(loss_fn)(p, t, x, b, s2)
         updates, s = tx.update(grads, s, p)
         return (optax.apply_updates(p, updates), s), loss
 
