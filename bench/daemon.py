@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--assets", type=int, default=1000, help="assets of the throughput phase")
     args = p.parse_args(argv)
     buckets = [int(b) for b in args.buckets.split(",")]
-    lat_s, thr_s = (3.0, 10.0) if args.quick else (10.0, 30.0)
+    lat_s, thr_s = (3.0, 5.0) if args.quick else (10.0, 30.0)
     predictor = {} if args.solver == "dgm" else {"dgm_solver": args.solver}
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
