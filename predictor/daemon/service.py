@@ -711,8 +711,14 @@ class Service:
         return future
 
     def _handle_commands(self) -> None:
-        # Bounded per iteration: a burst of admin requests must not starve ticks.
-        for _ in range(MAX_COMMANDS_PER_ITERATION):
+        # Bounded per iteration, and a waiting tick goes first: a tick that
+        # arrives during a burst of admin requests waits for one command, not
+        # for MAX_COMMANDS_PER_ITERATION (measured: 50 abusive clients raised
+        # the p99 of receipt -> publication from ~6 ms to 8-22 ms otherwise).
+        assert self.intake is not None
+        for k in range(MAX_COMMANDS_PER_ITERATION):
+            if k and self.intake.has_more():
+                return
             try:
                 request, future = self.commands.get_nowait()
             except queue.Empty:
