@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import structlog
 
-from predictor.daemon.assets import AssetLimitError, AssetTable
+from predictor.daemon.assets import AssetLimitError, AssetTable, Part, split_sizes
 from predictor.snapshots import make_asset_batch
 
 
@@ -181,3 +181,68 @@ def test_no_compilation_after_warmup_until_growth() -> None:
         assert t.capacity == 12 and events
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize(
+    ("n", "buckets", "expected"),
+    [
+        (1, (1, 8, 64, 512), [1]),
+        (7, (1, 8, 64, 512), [7]),  # 1 pad lane of 8 (12%)
+        (5, (1, 8, 64, 512), [1, 1, 1, 1, 1]),  # 3 pad lanes of 8 would be 37%
+        (100, (1, 8, 64, 512), [64, 8, 8, 8, 8, 1, 1, 1, 1]),
+        (1000, (1, 8, 64, 512), [512, 488]),  # 24 pad lanes: 5%
+        (1300, (1, 8, 64, 512), [512, 512, 64, 64, 64, 64, 8, 8, 1, 1, 1, 1]),
+        (3, (16, 64), [3]),  # nothing smaller than 16: pad
+        (70, (16, 64), [64, 6]),
+    ],
+)
+def test_split_sizes_covers_the_round_with_little_padding(
+    n: int, buckets: tuple[int, ...], expected: list[int]
+) -> None:
+    sizes = split_sizes(n, buckets)
+    assert sizes == expected and sum(sizes) == n
+
+
+def test_parts_step_in_parallel_like_one_batch() -> None:
+    """Parts on the worker pool give each asset what one batch would, state included."""
+    ys = [float(k + 1) for k in range(11)]
+    results = {}
+    for workers, split in ((1, False), (2, True)):
+        t = AssetTable(
+            TinyPredictor(),  # type: ignore[arg-type]
+            capacity=16,
+            max_assets=100,
+            buckets=(2, 8),
+            log=structlog.get_logger(),
+            workers=workers,
+        )
+        for k in range(11):
+            t.add(f"a{k}")
+        slots = [t.slot_of(f"a{k}") for k in range(11)]
+        for tick in range(3):
+            if split:  # 8 + 2 + 1 lanes, out of slot order
+                groups = [[3, 4, 5, 6, 7, 8, 9, 10], [1, 2], [0]]
+                res = t.step_parts(
+                    [
+                        Part(g, [ys[i] for i in g], [0.0] * len(g), [tick + 1] * len(g))
+                        for g in groups
+                    ],
+                    0,
+                    3,
+                )
+                totals = {
+                    i: float(r.out.total[j])
+                    for g, r in zip(groups, res, strict=True)
+                    for j, i in enumerate(g)
+                }
+                assert [r.n for r in res] == [8, 2, 1]
+            else:
+                r1 = t.step(slots[:8], ys[:8], [0.0] * 8, [tick + 1] * 8, 0, 3)
+                r2 = t.step(slots[8:], ys[8:], [0.0] * 3, [tick + 1] * 3, 0, 3)
+                totals = {i: float(r1.out.total[i]) for i in range(8)}
+                totals |= {8 + j: float(r2.out.total[j]) for j in range(3)}
+        results[split] = (totals, np.asarray(t.stacked.total)[:11].copy())
+        t.close()
+    assert results[True][0] == results[False][0]
+    np.testing.assert_array_equal(results[True][1], results[False][1])
+    np.testing.assert_array_equal(results[True][1], np.asarray(ys) * 3 * 3)

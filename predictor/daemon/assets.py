@@ -15,6 +15,14 @@ A batched step is three jitted calls with fixed shapes:
   donated); padded lanes carry the index ``capacity + 1``, one past the last
   row, which ``mode="drop"`` discards.
 
+``step_parts`` steps several disjoint groups of assets of one round: the
+gathers and scatters run on the calling thread (the scatters donate the
+stacked state, so they are sequential), the steps of the parts on a pool
+of ``workers`` threads, which XLA runs on separate cores (it releases the
+GIL). ``split_sizes`` cuts a round into parts sized to the buckets: every
+padded lane of a ``lax.map`` batch costs a whole step, so a round of 100
+assets runs as 64 + 4 x 8 + 4 x 1 lanes rather than one batch of 512.
+
 Shapes depend only on B and the capacity, so after ``warmup`` (every bucket
 x every depth) nothing compiles until the capacity grows. Growth doubles
 the capacity (at least), so n assets cause O(log n) growths, each logged
@@ -35,7 +43,8 @@ import bisect
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -48,6 +57,52 @@ from predictor.snapshots import AssetBatch, make_asset_batch
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 Index = np.ndarray[Any, np.dtype[np.int32]]
+
+
+#: Largest share of a part's lanes that may be padding before the part is
+#: cut into smaller buckets instead (``split_sizes``).
+MAX_PAD_SHARE = 0.25
+
+
+def split_sizes(n: int, buckets: Sequence[int]) -> list[int]:
+    """Real-lane counts of the parts that step ``n`` assets, largest first.
+
+    Repeatedly: if the smallest bucket holding the rest pads it by at most
+    ``MAX_PAD_SHARE`` of the rest (or no smaller bucket exists), the rest is
+    one part; otherwise a full part of the largest bucket below the rest
+    is cut off. ``sum(result) == n``.
+    """
+    sizes: list[int] = []
+    rest = n
+    while rest > 0:
+        i = bisect.bisect_left(buckets, rest)
+        if i == len(buckets):
+            take = buckets[-1]
+        elif i == 0 or buckets[i] - rest <= MAX_PAD_SHARE * rest:
+            take = rest
+        else:
+            take = buckets[i - 1]
+        sizes.append(take)
+        rest -= take
+    return sizes
+
+
+class Part(NamedTuple):
+    """One group of distinct assets of a round: slots and their ticks."""
+
+    slots: Sequence[int]
+    y: Sequence[float]
+    ref: Sequence[float]
+    ts: Sequence[int]
+
+
+class _Padded(NamedTuple):
+    idx: Index  # gather rows (pad row for padded lanes)
+    sidx: Index  # scatter rows (capacity + 1, dropped, for padded lanes)
+    ys: FloatArray
+    refs: FloatArray
+    tss: IntArray
+    n: int
 
 
 class AssetLimitError(RuntimeError):
@@ -110,6 +165,7 @@ class AssetTable:
         buckets: Sequence[int],
         log: FilteringBoundLogger,
         step_delay: Callable[[], float] | None = None,
+        workers: int = 2,
     ) -> None:
         if capacity < 1 or max_assets < 1:
             raise ValueError("capacity and max_assets must be >= 1")
@@ -120,6 +176,7 @@ class AssetTable:
         self.buckets = tuple(int(b) for b in buckets)
         self.log = log
         self.step_delay = step_delay
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="step") if workers > 1 else None
         self.capacity = min(capacity, max_assets)
         self.ids: dict[str, int] = {}
         self.names: list[str] = []
@@ -205,43 +262,58 @@ class AssetTable:
         depth: int,
     ) -> StepResult:
         """One jitted step of the assets in ``slots`` (distinct), padded to a bucket."""
-        n = len(slots)
+        return self.step_parts([Part(slots, y, ref, ts)], now_ns, depth)[0]
+
+    def step_parts(self, parts: Sequence[Part], now_ns: int, depth: int) -> list[StepResult]:
+        """Step disjoint parts of one round, in parallel on the worker pool.
+
+        The slots of all parts together must be distinct. Results are in
+        the order of ``parts``; each part's ``latency_ns`` is its own.
+        """
+        padded = [self._pad(p) for p in parts]
+        return self._run(padded, now_ns, depth)
+
+    def _pad(self, part: Part) -> _Padded:
+        n = len(part.slots)
         b = self.bucket_for(n)
         idx = np.full(b, self.pad_row, np.int32)
-        idx[:n] = slots
+        idx[:n] = part.slots
         sidx = np.full(b, self.capacity + 1, np.int32)
-        sidx[:n] = slots
+        sidx[:n] = part.slots
         ys = np.zeros(b, np.float64)
-        ys[:n] = y
+        ys[:n] = part.y
         refs = np.zeros(b, np.float64)
-        refs[:n] = ref
+        refs[:n] = part.ref
         tss = np.ones(b, np.int64)
-        tss[:n] = ts
-        return self._run(idx, sidx, ys, refs, tss, now_ns, depth, n)
+        tss[:n] = part.ts
+        return _Padded(idx, sidx, ys, refs, tss, n)
 
-    def _run(
-        self,
-        idx: Index,
-        sidx: Index,
-        ys: FloatArray,
-        refs: FloatArray,
-        tss: IntArray,
-        now_ns: int,
-        depth: int,
-        n: int,
-    ) -> StepResult:
-        rows = _GATHER(self.stacked, idx)
-        obs = make_obs(ys, refs, tss)
-        start = time.perf_counter_ns()
-        new, out = self.fp.step_batch(rows, obs, now_ns, depth)
-        host: StepOutput = jax.device_get(out)
-        if self.step_delay is not None:
-            delay = self.step_delay()
-            if delay > 0:
-                time.sleep(delay)
-        latency = time.perf_counter_ns() - start
-        self.stacked = _SCATTER(self.stacked, sidx, new)
-        return StepResult(host, n, latency)
+    def _run(self, padded: Sequence[_Padded], now_ns: int, depth: int) -> list[StepResult]:
+        rows = [_GATHER(self.stacked, p.idx) for p in padded]
+
+        def run(i: int) -> tuple[AssetState, StepResult]:
+            p = padded[i]
+            start = time.perf_counter_ns()
+            new, out = self.fp.step_batch(rows[i], make_obs(p.ys, p.refs, p.tss), now_ns, depth)
+            host: StepOutput = jax.device_get(out)
+            if self.step_delay is not None:
+                delay = self.step_delay()
+                if delay > 0:
+                    time.sleep(delay)
+            return new, StepResult(host, p.n, time.perf_counter_ns() - start)
+
+        if self._pool is None or len(padded) == 1:
+            done = [run(i) for i in range(len(padded))]
+        else:
+            done = list(self._pool.map(run, range(len(padded))))
+        for p, (new, _) in zip(padded, done, strict=True):
+            self.stacked = _SCATTER(self.stacked, p.sidx, new)
+        return [res for _, res in done]
+
+    def close(self) -> None:
+        """Stop the step worker threads (idle between rounds)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def warm_gather_scatter(self) -> None:
         """Compile gather and scatter for every bucket at the current capacity."""
@@ -264,9 +336,9 @@ class AssetTable:
             idx = np.full(b, self.pad_row, np.int32)
             sidx = np.full(b, self.capacity + 1, np.int32)
             ys = np.zeros(b, np.float64)
-            tss = np.ones(b, np.int64)
+            pad_only = _Padded(idx, sidx, ys, ys.copy(), np.ones(b, np.int64), 0)
             for depth in self.fp.depths:
-                self._run(idx, sidx, ys, ys.copy(), tss, 1, depth, 0)
+                self._run([pad_only], 1, depth)
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -63,7 +63,7 @@ from predictor.admin.server import AdminServer
 from predictor.config import DYNAMIC_FIELDS, FIELD_SPECS, PredictorConfig, changed_fields
 from predictor.core.functional import FunctionalPredictor
 from predictor.core.types import MODES
-from predictor.daemon.assets import AssetLimitError, AssetTable
+from predictor.daemon.assets import AssetLimitError, AssetTable, Part, split_sizes
 from predictor.daemon.intake import MULTIPART, Intake, Received
 from predictor.daemon.logging import configure, get_logger
 from predictor.daemon.main import LoadedConfig, load_config
@@ -494,10 +494,8 @@ class Service:
                 rounds.append([i])
             else:
                 rounds[k].append(i)
-        biggest = table.buckets[-1]
         for rnd in rounds:
-            for lo in range(0, len(rnd), biggest):
-                self._step_chunk(rnd[lo : lo + biggest], items, slots)
+            self._step_round(rnd, items, slots)
             self.watchdog.maybe_ping()  # stepping is progress
 
     def _add_asset(self, asset: str) -> int | None:
@@ -513,27 +511,36 @@ class Service:
         self.log.info("asset_added", asset=asset, slot=slot, capacity=self.table.capacity)
         return slot
 
-    def _step_chunk(self, chunk: list[int], items: list[Received], slots: list[int]) -> None:
-        chunk_slots = [slots[i] for i in chunk]
-        received = [items[i] for i in chunk]
-        ticks = [r[0] for r in received]
-        res = self.table.step(
-            chunk_slots,
-            [t.y for t in ticks],
-            [t.ref for t in ticks],
-            [t.ts for t in ticks],
-            time.time_ns(),
-            self.shedder.depth,
-        )
-        self.metrics.step_latency.observe(res.latency_ns * 1e-9)
-        self.metrics.batch_size.observe(res.n)
-        change = self.shedder.observe(res.latency_ns)
-        if change is not None:
-            self._shed_changed(change)
+    def _step_round(self, rnd: list[int], items: list[Received], slots: list[int]) -> None:
+        """Step one round (distinct assets) as bucket-sized parts on the worker threads."""
+        chunks: list[list[int]] = []
+        lo = 0
+        for size in split_sizes(len(rnd), self.table.buckets):
+            chunks.append(rnd[lo : lo + size])
+            lo += size
+        received = [[items[i] for i in chunk] for chunk in chunks]
+        parts = []
+        for chunk, recv in zip(chunks, received, strict=True):
+            ticks = [r[0] for r in recv]
+            parts.append(
+                Part(
+                    [slots[i] for i in chunk],
+                    [t.y for t in ticks],
+                    [t.ref for t in ticks],
+                    [t.ts for t in ticks],
+                )
+            )
+        results = self.table.step_parts(parts, time.time_ns(), self.shedder.depth)
         assert self.publisher is not None
-        entered = self.publisher.publish(received, chunk_slots, res, self.table)
-        if entered:
-            self._emergency(entered)
+        for part, recv, res in zip(parts, received, results, strict=True):
+            self.metrics.step_latency.observe(res.latency_ns * 1e-9)
+            self.metrics.batch_size.observe(res.n)
+            change = self.shedder.observe(res.latency_ns)
+            if change is not None:
+                self._shed_changed(change)
+            entered = self.publisher.publish(recv, list(part.slots), res, self.table)
+            if entered:
+                self._emergency(entered)
 
     def _emergency(self, entered: list[Emergency]) -> None:
         """Forensic dumps of assets that entered Emergency mode (rate-limited per asset)."""
@@ -996,6 +1003,7 @@ class Service:
         self.vram.stop()
         self.writer.close(timeout=5.0)
         self.io_pool.shutdown(wait=True)
+        self.table.close()
         if self.pull is not None:
             self.pull.close(linger=0)
             self.pull = None
