@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -399,4 +400,32 @@ def test_close_unlinks_the_socket(tmp_path: Path) -> None:
     srv.start()
     assert srv.path.exists()
     srv.close()
+    assert not srv.path.exists()
+
+
+def test_loop_mode_serves_only_when_polled_and_bounds_each_poll(tmp_path: Path) -> None:
+    """``start(thread=False)``: the caller's poll serves, at most MAX_EVENTS_PER_POLL per call."""
+    from predictor.admin.server import MAX_EVENTS_PER_POLL
+
+    srv = AdminServer(tmp_path / "l.sock", echo_handler, log=RecordingLog())  # type: ignore[arg-type]
+    srv.start(thread=False)
+    try:
+        socks = [connect(srv.path) for _ in range(2 * MAX_EVENTS_PER_POLL + 3)]
+        for s in socks:
+            s.settimeout(0.3)
+            s.sendall(b'{"cmd": "status"}\n')
+        with pytest.raises(TimeoutError):  # nobody polls: nothing is answered
+            socks[0].recv(65536)
+        srv.poll_once(0.5)
+        assert len(srv._conns) == MAX_EVENTS_PER_POLL  # one listen event, bounded accepts
+        deadline = time.monotonic() + 20
+        while srv.served < len(socks) and time.monotonic() < deadline:
+            select.select([srv.fileno()], [], [], 0.1)
+            srv.poll_once(0.0)
+        for s in socks:
+            s.settimeout(5)
+            assert read_lines(s, 1)[0]["ok"] is True
+            s.close()
+    finally:
+        srv.close()
     assert not srv.path.exists()

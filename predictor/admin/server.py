@@ -17,6 +17,13 @@ request in progress is closed (half-written requests cannot pin a slot
 forever); a client that does not read its replies is dropped once
 ``max_output_bytes`` are pending. One client's garbage never affects another.
 
+Two ways to run it: ``start()`` serves from its own thread; ``start(
+thread=False)`` leaves the serving to the caller, who polls ``fileno()``
+(the selector's descriptor, readable when there is work) and calls
+``poll_once()``, which handles a bounded number of events. The daemon does
+the latter from its loop, so no second Python thread competes with
+prediction for the GIL.
+
 The socket is created with mode 0600 (umask during ``bind``) and then
 chmod'ed to ``mode`` (default 0660), with its group set to the admin group
 when one is configured.
@@ -54,6 +61,8 @@ Handler = Callable[[Request, PeerCred], "Future[dict[str, Any]]"]
 
 SOCKET_MODE = 0o660
 _RECV = 65536
+#: Events (and accepted connections) served per ``poll_once`` in loop mode.
+MAX_EVENTS_PER_POLL = 16
 
 
 class _Conn:
@@ -122,14 +131,16 @@ class AdminServer:
         self._next_id = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False
+        self._max_events = MAX_EVENTS_PER_POLL
         self._inode: int | None = None
         self.served = 0
         self.refused = 0
         self.bad_requests = 0
 
     # --- lifecycle -------------------------------------------------------------
-    def start(self) -> None:
-        """Bind the socket (replacing a stale file) and start serving."""
+    def start(self, *, thread: bool = True) -> None:
+        """Bind the socket (replacing a stale file); serve from a thread unless ``thread=False``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -151,18 +162,46 @@ class AdminServer:
         self._listener = sock
         self._sel.register(sock, selectors.EVENT_READ, "listen")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._thread = threading.Thread(target=self._serve, name="admin_server", daemon=True)
-        self._thread.start()
+        self._started = True
+        if thread:
+            self._max_events = 1 << 30  # its own thread: serve everything that is ready
+            self._thread = threading.Thread(target=self._serve, name="admin_server", daemon=True)
+            self._thread.start()
         self.log.info("admin_listening", path=str(self.path), mode=oct(self.mode))
+
+    def fileno(self) -> int:
+        """Descriptor that is readable when ``poll_once`` has work (loop mode)."""
+        return self._sel.fileno()
+
+    def poll_once(self, timeout: float = 0.0) -> None:
+        """Serve what is ready within ``timeout`` s: a bounded number of events."""
+        for key, events in self._sel.select(timeout=timeout)[: self._max_events]:
+            try:
+                self._event(key, events)
+            except Exception as exc:  # one connection's failure stays its own
+                self.log.error("admin_connection_error", error=repr(exc))
+                conn = key.data if isinstance(key.data, _Conn) else None
+                if conn is not None:
+                    self._drop(conn)
+        self._flush_done()
+        self._expire_idle()
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush pending replies (up to ``timeout`` s), stop, unlink the socket."""
-        if self._thread is None:
+        if not self._started:
             return
-        self._stop.set()
-        self._wake()
-        self._thread.join(timeout + 1.0)
-        self._thread = None
+        self._started = False
+        if self._thread is not None:
+            self._stop.set()
+            self._wake()
+            self._thread.join(timeout + 1.0)
+            self._thread = None
+        else:
+            # Loop mode: the caller stopped polling; write out what is answered.
+            deadline = time.monotonic() + min(timeout, 1.0)
+            self._flush_done()
+            while any(c.outbuf for c in self._conns.values()) and time.monotonic() < deadline:
+                self.poll_once(0.05)
         for conn in list(self._conns.values()):
             self._drop(conn)
         if self._listener is not None:
@@ -202,16 +241,7 @@ class AdminServer:
             ):
                 self._flush_done()
                 return
-            for key, events in self._sel.select(timeout=0.5):
-                try:
-                    self._event(key, events)
-                except Exception as exc:  # one connection's failure stays its own
-                    self.log.error("admin_connection_error", error=repr(exc))
-                    conn = key.data if isinstance(key.data, _Conn) else None
-                    if conn is not None:
-                        self._drop(conn)
-            self._flush_done()
-            self._expire_idle()
+            self.poll_once(0.5)
 
     def _event(self, key: selectors.SelectorKey, events: int) -> None:
         if key.data == "listen":
@@ -229,7 +259,7 @@ class AdminServer:
 
     def _accept(self) -> None:
         assert self._listener is not None
-        while True:
+        for _ in range(self._max_events):  # the rest stay in the backlog for the next poll
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):

@@ -450,7 +450,11 @@ class Service:
             self.log.warning("admin_group_unknown", group=self.settings.admin_group)
             gid = None
         self.admin = AdminServer(self.endpoints["admin"], self._submit, log=self.log, admin_gid=gid)
-        self.admin.start()
+        # Served from this loop (bounded events per iteration), not from a
+        # thread: a second Python thread would compete with prediction for
+        # the GIL under a flood of admin connections.
+        self.admin.start(thread=False)
+        self.poller.register(self.admin.fileno(), zmq.POLLIN)
 
     def _iterate(self) -> None:
         if self._block_file:
@@ -466,6 +470,7 @@ class Service:
         items = self.intake.receive(self.settings.max_drain)
         if items:
             self._process(items)
+        self._serve_admin()
         self._handle_commands()
         if self.reload_requested:
             self.reload_requested = False
@@ -705,7 +710,7 @@ class Service:
 
     # ----------------------------------------------------------------- admin --
     def _submit(self, request: Request, cred: PeerCred) -> Future[dict[str, Any]]:
-        """Admin server thread: queue a command for the loop (vram runs on the I/O pool)."""
+        """From ``AdminServer.poll_once`` (in the loop): queue a command (vram: I/O pool)."""
         future: Future[dict[str, Any]] = Future()
         audit = self.log.info if request.cmd in MUTATING_COMMANDS else self.log.debug
         audit("admin_command", cmd=request.cmd, peer_uid=cred.uid, peer_pid=cred.pid)
@@ -716,6 +721,10 @@ class Service:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
         return future
+
+    def _serve_admin(self) -> None:
+        if self.admin is not None:
+            self.admin.poll_once(0.0)
 
     def _handle_commands(self) -> None:
         # Bounded per iteration, and a waiting tick goes first: a tick that
@@ -950,6 +959,7 @@ class Service:
             items = self.intake.receive(self.settings.max_drain)
             if items:
                 self._process(items)
+            self._serve_admin()
             self._handle_commands()
             self.watchdog.maybe_ping()
             if not items and not self.intake.has_more():
@@ -998,6 +1008,8 @@ class Service:
 
     def _close_all(self) -> None:
         if self.admin is not None:
+            with contextlib.suppress(KeyError, zmq.ZMQError):
+                self.poller.unregister(self.admin.fileno())
             self.admin.close()
             self.admin = None
         self.vram.stop()
