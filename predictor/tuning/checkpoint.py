@@ -12,21 +12,22 @@ reports as ``IntegrityError`` rather than loading a file it cannot vouch for.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from predictor.errors import IntegrityError
+from predictor.snapshots.atomic import atomic_write
 
 FORMAT = "predictor.tuning.study"
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".sha256"
+#: Permissions of checkpoints and their sidecars (readable: they hold no secret).
+CHECKPOINT_MODE = 0o644
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -43,35 +44,6 @@ def _path_lock(path: Path) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make the rename durable (the directory entry itself)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``, directory fsync."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
-
-
 def encode(payload: Mapping[str, Any]) -> bytes:
     """Canonical JSON (sorted keys, finite floats only, exact float round trip)."""
     return (json.dumps(payload, sort_keys=True, allow_nan=False, indent=1) + "\n").encode()
@@ -84,8 +56,9 @@ def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -
     data = encode(payload)
     digest = hashlib.sha256(data).hexdigest()
     with _path_lock(target):
-        atomic_write_bytes(target, data)
-        atomic_write_bytes(sidecar_path(target), f"{digest}  {target.name}\n".encode())
+        atomic_write(target, (data,), mode=CHECKPOINT_MODE)
+        sidecar = f"{digest}  {target.name}\n".encode()
+        atomic_write(sidecar_path(target), (sidecar,), mode=CHECKPOINT_MODE)
     return digest
 
 
@@ -130,7 +103,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "atomic_write_bytes",
     "encode",
     "read_checkpoint",
     "sidecar_path",

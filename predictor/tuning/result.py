@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from predictor.config import FIELD_SPECS, KNOWN_SECTIONS, PredictorConfig
 from predictor.errors import ConfigError, ConfigMutationError
-from predictor.tuning.checkpoint import atomic_write_bytes, fsync_directory
+from predictor.snapshots.atomic import atomic_write, fsync_directory
 from predictor.tuning.settings import TuningSettings
 from predictor.tuning.space import LOCKED_FIELDS
 
@@ -310,8 +310,8 @@ def _backups(target: Path, raw: bytes) -> tuple[Path, Path]:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     stamped = target.with_name(f"{target.name}.bak.{stamp}")
     latest = target.with_name(f"{target.name}.bak")
-    atomic_write_bytes(stamped, raw, mode)
-    atomic_write_bytes(latest, raw, mode)
+    atomic_write(stamped, (raw,), mode=mode)
+    atomic_write(latest, (raw,), mode=mode)
     return stamped, latest
 
 
