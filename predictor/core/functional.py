@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -97,15 +97,6 @@ def layout_config(cfg: PredictorConfig) -> PredictorConfig:
     return dataclasses.replace(cfg, **{name: _DEFAULTS[name] for name in DYNAMIC_FIELDS})
 
 
-class CacheInfo(NamedTuple):
-    """Counters of a graph cache (the fields of ``functools`` caches)."""
-
-    hits: int
-    misses: int
-    maxsize: int | None
-    currsize: int
-
-
 class _GraphCache(Generic[_Graph]):
     """Memo of one graph builder keyed by ``(layout config, *args)``.
 
@@ -116,24 +107,20 @@ class _GraphCache(Generic[_Graph]):
 
     def __init__(self, build: Callable[..., _Graph]) -> None:
         self._build = build
-        self._graphs: dict[tuple[Hashable, ...], _Graph] = {}
+        self._graphs: dict[tuple[PredictorConfig, tuple[Hashable, ...]], _Graph] = {}
         self._lock = threading.Lock()
-        self._hits = 0
-        self._misses = 0
         functools.update_wrapper(self, build)
 
     def __call__(self, cfg: PredictorConfig, *args: Hashable) -> _Graph:
-        key = (cfg, *args)
+        key = (cfg, args)
         with self._lock:
             graph = self._graphs.get(key)
             if graph is not None:
-                self._hits += 1
                 return graph
         # Built outside the lock: a builder may call another cache's builder.
         # ``jax.jit`` compiles lazily, so a racing duplicate costs nothing.
         built = self._build(cfg, *args)
         with self._lock:
-            self._misses += 1
             return self._graphs.setdefault(key, built)
 
     def evict(self, layout: PredictorConfig | None = None) -> int:
@@ -147,16 +134,11 @@ class _GraphCache(Generic[_Graph]):
     def layouts(self) -> frozenset[PredictorConfig]:
         """The layouts that have a graph here."""
         with self._lock:
-            return frozenset(k[0] for k in self._graphs if isinstance(k[0], PredictorConfig))
+            return frozenset(k[0] for k in self._graphs)
 
-    def cache_info(self) -> CacheInfo:
+    def __len__(self) -> int:
         with self._lock:
-            return CacheInfo(self._hits, self._misses, None, len(self._graphs))
-
-    def cache_clear(self) -> None:
-        with self._lock:
-            self._graphs.clear()
-            self._hits = self._misses = 0
+            return len(self._graphs)
 
 
 def _build_single(cfg: PredictorConfig, depth: int) -> StepFn:
@@ -357,7 +339,6 @@ def fit_verdict(final: StepOutput, cusum_h: float) -> bool:
 
 
 __all__ = [
-    "CacheInfo",
     "FunctionalPredictor",
     "batch_to_results",
     "compiled_layouts",
