@@ -16,3 +16,4 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import predictor.core  # noqa: F401  (enables jax_enable_x64 before any array exists)
+from tests.redis_fixture import redis_server  # noqa: F401  (fixture: a real redis-server)
