@@ -15,20 +15,23 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 import structlog
 
+from predictor.compat import single_observation
 from predictor.config import PredictorConfig
 from predictor.core.functional import FunctionalPredictor, fit_verdict, output_to_result
-from predictor.core.persistence import asset_payload, restore_asset
-from predictor.core.step import REJECT_NON_FINITE, AssetState, StepOutput
+from predictor.core.gate import REJECT_NON_FINITE
+from predictor.core.state import AssetState, PackedState, StepOutput
 from predictor.core.types import PredictionResult, ProcessState
 from predictor.errors import DomainError, FrequencyWarning, StalenessWarning
+from predictor.persistence import asset_payload, restore_asset
 from predictor.snapshots import AsyncSnapshotWriter, SnapshotResult, load_snapshot, save_snapshot
 
-log = structlog.get_logger("predictor.core")
+log = structlog.get_logger("predictor.api")
 
 
 class UniversalPredictor:
@@ -40,20 +43,31 @@ class UniversalPredictor:
     signature depths without recompiling or losing state.
     ``save_snapshot`` / ``load_snapshot`` / ``save_snapshot_nonblocking``
     persist the state bit-exactly (msgpack + SHA-256, atomic replace).
+
+    >>> from predictor import PredictorConfig, ProcessState
+    >>> cfg = PredictorConfig(wtmm_buffer_size=32, shed_ladder=(3,), wiener_order=4,
+    ...                       signature_window=8, dgm_width_size=8, dgm_collocation_points=16)
+    >>> p = UniversalPredictor(cfg, warmup=False)
+    >>> t0 = 1_767_225_600_000_000_000  # ns; one tick per millisecond, "now" = the tick's time
+    >>> for k, y in enumerate((100.0, 100.5, 99.8)):
+    ...     obs = ProcessState(magnitude=y, reference=y, timestamp_ns=t0 + k * 1_000_000)
+    ...     r = p.step(obs, now_ns=obs.timestamp_ns)
+    >>> r.warming_up, r.predicted_value, r.interval_lower <= r.predicted_value <= r.interval_upper
+    (True, 99.8, True)
     """
 
     def __init__(self, config: PredictorConfig | None = None, *, warmup: bool = True) -> None:
         self.config = config if config is not None else PredictorConfig()
         self._fp = FunctionalPredictor(self.config, warmup=warmup)
-        self._state: AssetState = self._fp.init_state()
+        self._state: PackedState = self._fp.init_state()
         self._depth = self.config.log_sig_depth
         self._last_valid: PredictionResult | None = None
         self._writer: AsyncSnapshotWriter | None = None
         self._writer_lock = threading.Lock()
 
     @property
-    def state(self) -> AssetState:
-        """The current device state (read-only view; do not mutate)."""
+    def state(self) -> PackedState:
+        """The current device state as packed rows (``functional.view`` reads it)."""
         return self._state
 
     @property
@@ -65,6 +79,23 @@ class UniversalPredictor:
     def depth(self) -> int:
         """Signature depth of the graph in use."""
         return self._depth
+
+    @property
+    def view(self) -> AssetState:
+        """Host copy of the state in its readable form (``AssetState``)."""
+        return self._fp.view(jax.device_get(self._state))
+
+    @property
+    def signal_buffer(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The window: the last ``wtmm_buffer_size`` magnitudes, oldest first (host copy)."""
+        view = self.view
+        return np.array(view.fast.buffer, dtype=np.float64)
+
+    @property
+    def cusum_statistics(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The regime detector's channel statistics and grace counter (host copy)."""
+        cusum = self.view.fast.cusum
+        return np.asarray([np.asarray(leaf) for leaf in cusum], dtype=np.float64)
 
     def set_depth(self, depth: int) -> None:
         """Switch to another precompiled depth of ``shed_ladder`` (state kept)."""
@@ -78,13 +109,13 @@ class UniversalPredictor:
         ``now_ns`` defaults to ``time.time_ns()`` with the wall clock and to
         the tick's own timestamp with the event clock.
         """
+        obs = single_observation(obs)
         if now_ns is None:
             now_ns = time.time_ns() if self.config.clock == "wall" else int(obs.timestamp_ns)
         self._state, out = self._fp.step(self._state, obs, now_ns, self._depth)
         return self._publish(out)
 
-    def _publish(self, out: StepOutput) -> PredictionResult:
-        host = jax.device_get(out)
+    def _publish(self, host: StepOutput) -> PredictionResult:
         if bool(host.rejected):
             reason = "non_finite" if int(host.reject_reason) == REJECT_NON_FINITE else "outlier"
             log.error("tick_rejected", error=DomainError.__name__, reason=reason)
@@ -116,7 +147,7 @@ class UniversalPredictor:
         if not np.all(np.isfinite(values)):
             raise ValueError("history contains non-finite values")
         self._state, outs = self._fp.scan(self._state, values, depth=self._depth)
-        last = jax.tree.map(lambda x: x[-1], outs)
+        last: StepOutput = jax.tree.map(lambda x: x[-1], outs)
         self._last_valid = output_to_result(last)
         ok = fit_verdict(last, self.config.cusum_h)
         if not ok:
@@ -131,7 +162,7 @@ class UniversalPredictor:
         ``OSError`` (full disk, permissions) propagates and leaves any
         previous file at ``filepath`` intact.
         """
-        return save_snapshot(filepath, asset_payload(self.config, self._state, self._depth))
+        return save_snapshot(filepath, self._payload())
 
     def save_snapshot_nonblocking(self, filepath: str | os.PathLike[str]) -> Future[SnapshotResult]:
         """Copy the state to the host now; pack, hash and write on a thread pool.
@@ -141,7 +172,7 @@ class UniversalPredictor:
         newer request for the same path replaced this one before it ran).
         Stepping may continue at once: the copy is private.
         """
-        payload = asset_payload(self.config, self._state, self._depth)
+        payload = self._payload()
         with self._writer_lock:
             if self._writer is None:
                 self._writer = AsyncSnapshotWriter(max_workers=1)
@@ -162,14 +193,19 @@ class UniversalPredictor:
         ``SnapshotTooLargeError``. On any error the current state is kept.
         """
         payload = load_snapshot(filepath, self.config.schema_version)
-        state, depth = restore_asset(payload, self._fp.init_state(), self.config)
+        template = self._fp.view(jax.device_get(self._fp.init_state()))
+        state, depth = restore_asset(payload, template, self.config)
         if depth not in self._fp.depths:
             raise ValueError(
                 f"{filepath}: snapshot depth {depth} not in shed_ladder {self._fp.depths}"
             )
-        self._state, self._depth = state, depth
-        self._last_valid = output_to_result(state.last_output) if int(state.count) > 0 else None
-        log.info("snapshot_loaded", path=os.fspath(filepath), ticks=int(state.count))
+        self._state, self._depth = jax.device_put(self._fp.pack(state)), depth
+        ticks = int(state.fast.count)
+        self._last_valid = output_to_result(state.fast.last_output) if ticks > 0 else None
+        log.info("snapshot_loaded", path=os.fspath(filepath), ticks=ticks)
+
+    def _payload(self) -> dict[str, Any]:
+        return asset_payload(self.config, self.view, self._depth)
 
 
 class ConfigReloadablePredictor(UniversalPredictor):

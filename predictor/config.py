@@ -22,11 +22,12 @@ table of a TOML file, ``PREDICTOR_<FIELD>`` environment variables.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,13 @@ from predictor.errors import ConfigError
 KNOWN_SECTIONS: frozenset[str] = frozenset({"predictor", "daemon", "tuning"})
 
 ENV_PREFIX = "PREDICTOR_"
+#: ``PREDICTOR_*`` variables that are not ``[predictor]`` fields, read by
+#: the daemon and ``predictorctl``; ``env_overrides`` accepts them.
+#: ``register_env_names`` adds more (a module that reads its own variables).
+OTHER_ENV_NAMES: set[str] = {"PREDICTOR_CONFIG", "PREDICTOR_ADMIN_SOCKET"}
+#: Prefixes of ``PREDICTOR_*`` families validated by their own readers
+#: (``PREDICTOR_DAEMON_<FIELD>`` by the daemon's settings, test hooks).
+OTHER_ENV_PREFIXES: set[str] = {"PREDICTOR_DAEMON_", "PREDICTOR_TEST_"}
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ def _choice(doc: str, *choices: str) -> FieldSpec:
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    """Hyperparameter vector Lambda (see MODEL.md for every formula).
+    """Hyperparameter vector Lambda (see docs/model.md for every formula).
 
     Defaults follow the specification, except:
 
@@ -107,7 +115,7 @@ class PredictorConfig:
     * ``epsilon`` = 0.1 and ``learning_rate`` = 10 (specification: 1e-3 and
       0.01). Losses and the ground cost are normalised by sigma_t^2, so both
       are dimensionless; the specification's values make the JKO weights
-      nearly winner-take-all and slow to move (MODEL.md, "Orchestrator").
+      nearly winner-take-all and slow to move (docs/model.md, "The orchestrator").
       The specification's values remain valid settings.
     * ``holder_threshold`` = 0.3 (specification: 0.4). On a random walk
       (H = 0.5) the 128-point WTMM estimate has a standard deviation of
@@ -117,6 +125,20 @@ class PredictorConfig:
       4% of the time and 1.0063 x naive, with AR(1) 0.7 (emergency 90%,
       rough by design) and fBm H = 0.7 unchanged and AR(1) 0.97 slightly
       better (1.0023 -> 1.0011 x naive).
+
+    Ints are accepted for float fields and lists for ``shed_ladder``;
+    anything else of the wrong type, or out of range, is a ``ConfigError``
+    naming the field and its allowed range:
+
+    >>> cfg = PredictorConfig(cusum_h=5, shed_ladder=[3, 2], log_sig_depth=2)
+    >>> cfg.cusum_h, cfg.shed_ladder
+    (5.0, (3, 2))
+    >>> cfg == PredictorConfig(cusum_h=5.0, shed_ladder=(3, 2), log_sig_depth=2)
+    True
+    >>> PredictorConfig(cusum_h=-1)
+    Traceback (most recent call last):
+    ...
+    predictor.errors.ConfigError: config field 'cusum_h': got -1.0; allowed: float in (0.0, 10000.0]
     """
 
     schema_version: str = _p("1.0", FieldSpec("str", doc="snapshot schema version"))
@@ -140,6 +162,21 @@ class PredictorConfig:
     )
     robust_kurtosis: float = _p(
         6.0, _num("float", 1.0, 100.0, "kurtosis above which Huber loss is used", dynamic=True)
+    )
+
+    # --- two rates ---------------------------------------------------------
+    refit_interval: int = _p(
+        16,
+        _num("int", 1, 4096, "ticks between refits of the cached fits (K)", dynamic=True),
+    )
+
+    refit_timing: str = _p(
+        "after",
+        _choice(
+            "when a due refit runs: after the tick's result, or before its forecast",
+            "after",
+            "before",
+        ),
     )
 
     # --- identification (SIA) -------------------------------------------
@@ -181,7 +218,7 @@ class PredictorConfig:
     dgm_width_size: int = _p(32, _num("int", 2, 1024, "MLP width"))
     dgm_depth: int = _p(2, _num("int", 1, 8, "MLP hidden layers"))
     dgm_activation: str = _p("tanh", _choice("MLP activation", "tanh", "softplus", "sin"))
-    dgm_train_steps: int = _p(2, _num("int", 0, 1000, "Adam steps per tick"))
+    dgm_train_steps: int = _p(2, _num("int", 0, 1000, "Adam steps per refit"))
     dgm_learning_rate: float = _p(1e-3, _num("float", 0.0, 1.0, "Adam learning rate", lo_open=True))
     dgm_collocation_points: int = _p(64, _num("int", 4, 4096, "collocation points per step"))
     fd_grid_size: int = _p(65, _num("int", 9, 4097, "finite-difference grid points"))
@@ -208,7 +245,12 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_value(f.name, getattr(self, f.name), f.metadata["spec"])
+            spec: FieldSpec = f.metadata["spec"]
+            value = _widen(getattr(self, f.name), spec)
+            # Frozen: the widened value (5 -> 5.0, [3, 2] -> (3, 2)) keeps
+            # equal configs equal and hashable.
+            object.__setattr__(self, f.name, value)
+            _check_value(f.name, value, spec)
         self._check_relations()
 
     def _check_relations(self) -> None:
@@ -237,7 +279,11 @@ class PredictorConfig:
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ConfigError(unknown[0], data[unknown[0]], "a known field: " + ", ".join(names))
+            raise ConfigError(
+                unknown[0],
+                data[unknown[0]],
+                _unknown("field", unknown[0], names, "docs/configuration.md lists them"),
+            )
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             spec: FieldSpec = names[key].metadata["spec"]
@@ -298,11 +344,23 @@ DYNAMIC_FIELDS: tuple[str, ...] = tuple(n for n, s in FIELD_SPECS.items() if s.d
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Parse ``PREDICTOR_<FIELD>`` variables into typed values.
 
-    Only names of config fields are read (other ``PREDICTOR_*`` variables
-    belong to the daemon). A value that does not parse raises ``ConfigError``
-    naming the variable.
+    Only names of config fields are read; the other known ``PREDICTOR_*``
+    variables (``OTHER_ENV_NAMES``, ``OTHER_ENV_PREFIXES``) belong to the
+    daemon. Any other ``PREDICTOR_*`` variable is a misspelling and raises
+    ``ConfigError`` naming it and the nearest valid name; so does a value
+    that does not parse. ``shed_ladder`` takes commas and/or spaces
+    (``"5,3,2"``, ``"5 3 2"``).
+
+    >>> env_overrides({"PREDICTOR_CUSUM_H": "9", "PREDICTOR_SHED_LADDER": "3 2", "HOME": "/"})
+    {'cusum_h': 9.0, 'shed_ladder': [3, 2]}
+    >>> try:
+    ...     env_overrides({"PREDICTOR_CUSUM_HH": "9"})
+    ... except ConfigError as exc:
+    ...     print(exc.allowed)
+    a known variable; did you mean 'PREDICTOR_CUSUM_H'?
     """
     environ = os.environ if environ is None else environ
+    check_env_names(environ)
     out: dict[str, Any] = {}
     for name, spec in FIELD_SPECS.items():
         var = ENV_PREFIX + name.upper()
@@ -315,12 +373,72 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             elif spec.kind == "float":
                 out[name] = float(raw)
             elif spec.kind == "depths":
-                out[name] = [int(x) for x in raw.replace(" ", "").split(",") if x]
+                out[name] = [int(x) for x in raw.replace(",", " ").split()]
             else:
                 out[name] = raw
         except ValueError as exc:
             raise ConfigError(var, raw, spec.describe()) from exc
     return out
+
+
+def register_env_names(*names: str) -> None:
+    """Declare ``PREDICTOR_*`` variables read outside ``[predictor]`` as valid."""
+    OTHER_ENV_NAMES.update(names)
+
+
+def known_env_names() -> list[str]:
+    """Every exact ``PREDICTOR_*`` name ``env_overrides`` accepts (prefixes aside)."""
+    fields = [ENV_PREFIX + name.upper() for name in FIELD_SPECS]
+    return sorted({*fields, *OTHER_ENV_NAMES})
+
+
+def check_env_names(environ: Mapping[str, str]) -> None:
+    """Refuse an unknown ``PREDICTOR_*`` variable, naming the nearest valid one.
+
+    A misspelt override (``PREDICTOR_CUSUM_HH``) would otherwise be ignored
+    without a word and the default would silently stay in force.
+    """
+    known = set(known_env_names())
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in known:
+            continue
+        if any(var.startswith(p) for p in OTHER_ENV_PREFIXES):
+            continue
+        raise ConfigError(
+            var,
+            environ[var],
+            _unknown("variable", var, known, "PREDICTOR_<FIELD> for a [predictor] field"),
+        )
+
+
+def _widen(value: Any, spec: FieldSpec) -> Any:
+    """The lossless conversions the constructor accepts: an int for a float
+    field (``PredictorConfig(cusum_h=5)``), a list for ``shed_ladder``."""
+    if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if spec.kind == "depths" and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def nearest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to a misspelt ``name`` (``difflib``), or None.
+
+    >>> nearest_name("cusum_hh", ["cusum_h", "cusum_k", "epsilon"])
+    'cusum_h'
+    >>> nearest_name("colour", ["cusum_h", "epsilon"]) is None
+    True
+    """
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown(kind: str, name: str, candidates: Iterable[str], where: str) -> str:
+    """The ``allowed`` text of an unknown-name error: the nearest valid name."""
+    near = nearest_name(name, candidates)
+    if near is not None:
+        return f"a known {kind}; did you mean {near!r}?"
+    return f"a known {kind} ({where})"
 
 
 def _coerce(name: str, value: Any, spec: FieldSpec) -> Any:

@@ -4,12 +4,21 @@ The snapshot format (``predictor.snapshots.codec``) has the sections
 ``global``, ``telemetry``, ``flags`` and ``kernels: {A, B, C, D}``. One
 asset maps onto them as:
 
-* ``kernels``: ``kernel_a`` .. ``kernel_d`` (A, B, C, D);
-* ``telemetry``: ``last_output``, the last published ``StepOutput`` (its
-  values are the last valid result even after a rejected tick);
-* ``global``: everything else of the state (window, gate, SIA, orchestrator)
-  plus ``depth``, the signature depth in use;
-* ``flags``: ``{"warmed": count > 0}``, for readers of the file.
+* ``kernels``: kernel A, B and C's cached fits (``fit.kernel_a`` ..
+  ``fit.kernel_c``) and kernel D's recursive least squares
+  (``fast.kernel_d``);
+* ``global``: everything else of the state (window, gate, SIA,
+  orchestrator, the refit schedule and the fit frame), ``last_output`` (the
+  last published ``StepOutput``, whose values are the last valid result even
+  after a rejected tick) and ``depth``, the signature depth in use;
+* ``telemetry``: the specification's keys as plain floats, from the last
+  output: ``kurtosis``, ``dgm_entropy``, ``adaptive_threshold``;
+* ``flags``: the specification's keys as plain bools, from the last output:
+  ``degraded_inference``, ``emergency``, ``regime_change``,
+  ``mode_collapse``, and ``warmed`` (at least one tick accepted).
+
+``telemetry`` and ``flags`` are for readers of the file; a restore reads
+``global`` and ``kernels`` only.
 
 ``restore_asset`` decodes into a fresh state of the current config, so a
 layout change (window size, network width, ...) is refused with the path and
@@ -25,29 +34,64 @@ import jax
 import numpy as np
 
 from predictor.config import PredictorConfig
-from predictor.core.step import AssetState
+from predictor.core.state import AssetState, FastState, FitState
 from predictor.snapshots.codec import build_payload, restore_sections
 
-_KERNEL_FIELDS = {"A": "kernel_a", "B": "kernel_b", "C": "kernel_c", "D": "kernel_d"}
-_OWN_SECTIONS = frozenset({*_KERNEL_FIELDS.values(), "last_output"})
+_FIT_KERNELS = {"A": "kernel_a", "B": "kernel_b", "C": "kernel_c"}
+_FAST_OWN = frozenset({"kernel_d", "last_output"})
+_FIT_OWN = frozenset(_FIT_KERNELS.values())
+#: ``telemetry`` section: the specification's key -> ``StepOutput`` field.
+TELEMETRY_KEYS = {
+    "kurtosis": "kurtosis",
+    "dgm_entropy": "dgm_entropy",
+    "adaptive_threshold": "adaptive_threshold",
+}
+#: ``flags`` section: the specification's key -> ``StepOutput`` field.
+FLAG_KEYS = {
+    "degraded_inference": "degraded_inference_mode",
+    "emergency": "emergency_mode",
+    "regime_change": "regime_change_detected",
+    "mode_collapse": "mode_collapse_warning",
+}
 
 
 def _global_section(state: AssetState, depth: int) -> dict[str, Any]:
     section: dict[str, Any] = {
-        f: getattr(state, f) for f in AssetState._fields if f not in _OWN_SECTIONS
+        "fast": {f: getattr(state.fast, f) for f in FastState._fields if f not in _FAST_OWN},
+        "fit": {f: getattr(state.fit, f) for f in FitState._fields if f not in _FIT_OWN},
     }
+    section["last_output"] = state.fast.last_output
     section["depth"] = int(depth)
     return section
 
 
+def _kernels(state: AssetState) -> dict[str, Any]:
+    out = {k: getattr(state.fit, f) for k, f in _FIT_KERNELS.items()}
+    out["D"] = state.fast.kernel_d
+    return out
+
+
+def _telemetry(state: AssetState) -> dict[str, float]:
+    last = state.fast.last_output
+    return {key: float(np.asarray(getattr(last, f))) for key, f in TELEMETRY_KEYS.items()}
+
+
+def _flags(state: AssetState) -> dict[str, bool]:
+    last = state.fast.last_output
+    flags = {key: bool(np.asarray(getattr(last, f))) for key, f in FLAG_KEYS.items()}
+    flags["warmed"] = bool(np.asarray(state.fast.count) > 0)
+    return flags
+
+
 def asset_payload(config: PredictorConfig, state: AssetState, depth: int) -> dict[str, Any]:
     """Snapshot payload of one asset; the device -> host copy happens here."""
+    host: AssetState = jax.device_get(state)
     return build_payload(
         config=config,
-        global_state=_global_section(state, depth),
-        telemetry=state.last_output,
-        flags={"warmed": bool(np.asarray(jax.device_get(state.count)) > 0)},
-        kernels={k: getattr(state, f) for k, f in _KERNEL_FIELDS.items()},
+        global_state=_global_section(host, depth),
+        telemetry=_telemetry(host),
+        flags=_flags(host),
+        kernels=_kernels(host),
     )
 
 
@@ -61,13 +105,12 @@ def restore_asset(
     """
     templates = {
         "global": _global_section(template, config.log_sig_depth),
-        "telemetry": template.last_output,
-        "flags": {"warmed": False},
-        "kernels": {k: getattr(template, f) for k, f in _KERNEL_FIELDS.items()},
+        "kernels": _kernels(template),
     }
     sections = restore_sections(payload, templates, config=config)
     glob = dict(sections["global"])
     depth = int(glob.pop("depth"))
-    fields = dict(glob, last_output=sections["telemetry"])
-    fields.update({f: sections["kernels"][k] for k, f in _KERNEL_FIELDS.items()})
-    return AssetState(**fields), depth
+    kernels = sections["kernels"]
+    fast = FastState(**dict(glob["fast"]), kernel_d=kernels["D"], last_output=glob["last_output"])
+    fit = FitState(**dict(glob["fit"]), **{f: kernels[k] for k, f in _FIT_KERNELS.items()})
+    return AssetState(fast, fit), depth

@@ -15,5 +15,10 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import predictor.core  # noqa: F401  (enables jax_enable_x64 before any array exists)
-from tests.redis_fixture import redis_server  # noqa: F401  (fixture: a real redis-server)
+from predictor.xla import configure_deterministic_cpu
+
+# The tests are an entry point: batched and single steps must round alike.
+configure_deterministic_cpu()
+
+import predictor.core  # noqa: E402, F401  (enables jax_enable_x64 before any array exists)
+from tests.redis_fixture import redis_server  # noqa: E402, F401  (fixture: a real redis-server)

@@ -23,41 +23,64 @@ from predictor.snapshots import make_asset_batch
 class Out(NamedTuple):
     total: jax.Array
     mode: jax.Array
+    refit_due: jax.Array
 
 
 class State(NamedTuple):
     total: jax.Array  # sum of y seen
     count: jax.Array  # ticks seen
-    last_ts: jax.Array
+    refits: jax.Array  # refits run
     last_output: Out
 
 
 def _step(s: State, y: jax.Array, ts: jax.Array, depth: int) -> tuple[State, Out]:
-    out = Out(s.total + y * depth, jnp.asarray(depth % 3, jnp.int64))
-    return State(out.total, s.count + 1, ts, out), out
+    del ts
+    count = s.count + 1
+    out = Out(s.total + y * depth, jnp.asarray(depth % 3, jnp.int64), count % 2 == 0)
+    return State(out.total, count, s.refits, out), out
+
+
+def _refit(s: State) -> State:
+    return s._replace(refits=s.refits + s.last_output.refit_due)
 
 
 class TinyPredictor:
-    """The FunctionalPredictor interface the table uses, on a trivial state."""
+    """The FunctionalPredictor interface the table uses, on a trivial state.
+
+    Every second tick of an asset asks for a refit, which counts it.
+    """
 
     depths = (3, 2)
 
     def __init__(self) -> None:
         self.calls: list[int] = []
-        self._batch = {
-            d: jax.jit(jax.vmap(functools.partial(_step, depth=d)), donate_argnums=(0,))
-            for d in self.depths
-        }
+        self.refit_calls = 0
+        self._batch = {d: jax.jit(jax.vmap(functools.partial(_step, depth=d))) for d in self.depths}
+        self._refit = jax.jit(jax.vmap(_refit))
 
-    def init_state(self) -> State:
-        z = jnp.asarray(0.0, jnp.float64)
-        return State(
-            z, jnp.asarray(0, jnp.int64), jnp.asarray(0, jnp.int64), Out(z, jnp.asarray(0))
-        )
+    def cold_rows(self, n: int, first_phase: int = 0) -> State:
+        del first_phase
+        z = np.zeros(n, np.float64)
+        i = np.zeros(n, np.int64)
+        return State(z, i, i.copy(), Out(z.copy(), i.copy(), np.zeros(n, bool)))
 
-    def step_batch(self, states: State, obs: Any, now_ns: int, depth: int) -> tuple[State, Out]:
+    def tick_batch(self, states: State, obs: Any, now_ns: int, depth: int) -> tuple[State, Out]:
         self.calls.append(int(obs.y.shape[0]))
         return self._batch[depth](states, obs.y, obs.ts)  # type: ignore[no-any-return]
+
+    def output(self, rows: Out) -> Out:
+        return jax.tree.map(np.asarray, rows)  # type: ignore[no-any-return]
+
+    def refit_batch(self, states: State, depth: int) -> State:
+        del depth
+        self.refit_calls += 1
+        return self._refit(states)  # type: ignore[no-any-return]
+
+    def view(self, rows: State) -> Any:
+        class View(NamedTuple):
+            fast: State
+
+        return View(rows)
 
 
 def table(capacity: int = 2, max_assets: int = 100) -> AssetTable:
@@ -82,6 +105,10 @@ def test_padding_uses_the_next_bucket_and_discards_pad_lanes() -> None:
     np.testing.assert_array_equal(totals[:3], [6.0, 9.0, 3.0])
     assert totals[t.pad_row] == 0.0  # the pad row is never written
     assert int(np.asarray(t.stacked.count)[3]) == 0  # the free slot is untouched
+    assert t.fp.refit_calls == 0  # type: ignore[attr-defined]  # nobody is due after one tick
+    t.step([2, 0], [1.0, 1.0], [1.0, 1.0], [6, 6], 0, 3)
+    assert t.fp.refit_calls == 1  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(np.asarray(t.stacked.refits)[:3], [1, 0, 1])
 
 
 def test_growth_doubles_capacity_and_keeps_every_state() -> None:

@@ -31,33 +31,45 @@ LAYOUT_B = cheap_base().replace(wiener_order=5)
 SPEC = WalkForwardSpec(folds=2, train_window=100, horizon=100, metric="mase", mode="anchored")
 
 
-def build_all(cfg: PredictorConfig) -> FunctionalPredictor:
-    """An instance (its single and batch graphs) plus the scan graph, none compiled."""
-    fp = FunctionalPredictor(cfg, warmup=False)
-    functional._compiled_scan(layout_config(cfg))
-    return fp
+KINDS = ("tick", "refit", "tick_batch", "refit_batch")
+
+
+def graphs_of(cfg: PredictorConfig) -> dict[tuple[int, str], object]:
+    """Every step graph of ``cfg``'s layout (per depth and kind), none compiled."""
+    layout = layout_config(cfg)
+    return {(d, k): functional._compiled(layout, d, k) for d in cfg.shed_ladder for k in KINDS}
+
+
+def scan_of(cfg: PredictorConfig) -> object:
+    return functional._compiled(layout_config(cfg), cfg.log_sig_depth, "scan")
+
+
+def build_all(cfg: PredictorConfig) -> dict[tuple[int, str], object]:
+    """An instance's step graphs plus the scan graph, none compiled."""
+    FunctionalPredictor(cfg, warmup=False)
+    scan_of(cfg)
+    return graphs_of(cfg)
 
 
 def test_eviction_drops_that_layout_only() -> None:
-    fp_a, fp_b = build_all(LAYOUT_A), build_all(LAYOUT_B)
+    graphs_a, graphs_b = build_all(LAYOUT_A), build_all(LAYOUT_B)
     before = compiled_layouts()
     assert {layout_config(LAYOUT_A), layout_config(LAYOUT_B)} <= before
-    scan_b = functional._compiled_scan(layout_config(LAYOUT_B))
+    scan_b = scan_of(LAYOUT_B)
 
     # Any config of the layout names it: sensitivities do not matter.
     released = evict_compiled(LAYOUT_A.replace(cusum_h=3.0, epsilon=0.5))
-    assert released == 2 * len(LAYOUT_A.shed_ladder) + 1  # single and batch per depth, scan
+    assert released == len(graphs_a) + 1  # every step graph, and the scan
     assert compiled_layouts() == before - {layout_config(LAYOUT_A)}
     assert evict_compiled(LAYOUT_A) == 0  # nothing left to release
 
     # The other layout's graphs are the very objects it had: not rebuilt.
-    for d in LAYOUT_B.shed_ladder:
-        assert functional._compiled_single(layout_config(LAYOUT_B), d) is fp_b._single[d]
-        assert functional._compiled_batch(layout_config(LAYOUT_B), d) is fp_b._batch[d]
-    assert functional._compiled_scan(layout_config(LAYOUT_B)) is scan_b
+    assert graphs_of(LAYOUT_B) == graphs_b
+    assert all(graphs_of(LAYOUT_B)[k] is g for k, g in graphs_b.items())
+    assert scan_of(LAYOUT_B) is scan_b
     # The evicted layout gets fresh graphs on its next use.
-    d = LAYOUT_A.shed_ladder[0]
-    assert functional._compiled_single(layout_config(LAYOUT_A), d) is not fp_a._single[d]
+    key = (LAYOUT_A.shed_ladder[0], "tick")
+    assert graphs_of(LAYOUT_A)[key] is not graphs_a[key]
     evict_compiled(LAYOUT_A)
     evict_compiled(LAYOUT_B)
     assert compiled_layouts() == before - {layout_config(LAYOUT_A), layout_config(LAYOUT_B)}
@@ -67,9 +79,7 @@ def test_evicting_everything_empties_every_cache() -> None:
     build_all(LAYOUT_A)
     assert evict_compiled() >= 3
     assert compiled_layouts() == frozenset()
-    for cache in (functional._compiled_single, functional._compiled_batch):
-        assert len(cache) == 0
-    assert len(functional._compiled_scan) == 0
+    assert len(functional._compiled) == 0
 
 
 def test_evicted_graph_is_freed_and_instances_keep_working() -> None:
@@ -77,7 +87,7 @@ def test_evicted_graph_is_freed_and_instances_keep_working() -> None:
     ys = switching_series(np.random.default_rng(5), 300)[:-1]
     fp = FunctionalPredictor(cfg, warmup=False)
     _, first = fp.scan(fp.init_state(), ys)
-    graph = weakref.ref(functional._compiled_scan(layout_config(cfg)))
+    graph = weakref.ref(scan_of(cfg))
     assert graph() is not None
     evict_compiled(cfg)
     gc.collect()
@@ -99,7 +109,7 @@ def naive(walk: WalkForward) -> list[np.ndarray]:
 def test_deep_trial_releases_its_layout_and_keeps_the_base(
     walk: WalkForward, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base_scan = functional._compiled_scan(layout_config(walk.base))
+    base_scan = scan_of(walk.base)
     built: list[bool] = []
 
     def forecasts(cfg: PredictorConfig) -> list[np.ndarray]:
@@ -112,11 +122,11 @@ def test_deep_trial_releases_its_layout_and_keeps_the_base(
     walk.evaluate(deep)
     assert built == [True]
     assert layout_config(deep) not in compiled_layouts()
-    assert functional._compiled_scan(layout_config(walk.base)) is base_scan  # still in use
+    assert scan_of(walk.base) is base_scan  # still in use
 
     walk.evaluate(walk.base.replace(epsilon=0.5))  # a sensitivity trial: same layout, kept
     assert layout_config(walk.base) in compiled_layouts()
-    assert functional._compiled_scan(layout_config(walk.base)) is base_scan
+    assert scan_of(walk.base) is base_scan
     evict_compiled(walk.base)
 
 

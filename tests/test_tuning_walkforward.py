@@ -126,15 +126,26 @@ def test_report_matches_fold_metrics(series: np.ndarray) -> None:
     assert report.value == walk({})  # the objective: base with no change
 
 
+def scans() -> int:
+    """Scan graphs memoised, over every layout and depth."""
+    return sum(1 for layout in functional.compiled_layouts() for _ in scan_keys(layout))
+
+
+def scan_keys(layout: object) -> list[object]:
+    return [k for k in functional._compiled._graphs if k[0] == layout and k[1][1] == "scan"]
+
+
 def test_sensitivity_trials_share_one_compiled_scan(series: np.ndarray) -> None:
     walk = WalkForward(series[:N_ANCHORED], ANCHORED, cheap_base())
     walk({})
-    layouts = len(functional._compiled_scan)
-    scan = functional._compiled_scan(functional.layout_config(walk.base))
+    layouts = scans()
+    scan = functional._compiled(
+        functional.layout_config(walk.base), walk.base.log_sig_depth, "scan"
+    )
     compiled = scan._cache_size()  # type: ignore[attr-defined]
     values = {walk({"cusum_h": 3.0, "entropy_window": 5, "epsilon": 0.01}), walk({})}
     assert len(values) == 2  # the sensitivities do change the score ...
-    assert len(functional._compiled_scan) == layouts  # ... not the graph
+    assert scans() == layouts  # ... not the graph
     assert scan._cache_size() == compiled  # type: ignore[attr-defined]
 
 
@@ -149,11 +160,11 @@ def test_deep_trial_layouts_are_released(
 ) -> None:
     walk = WalkForward(series[:N_ANCHORED], ANCHORED, cheap_base())
     walk({})  # the base layout's scan is cached
-    assert len(functional._compiled_scan) >= 1
+    assert scans() >= 1
     kept = walk.forecasts(walk.base)
     monkeypatch.setattr(walk, "forecasts", lambda cfg: kept)  # no compilation in this test
     walk.evaluate(walk.base.replace(epsilon=0.5))  # same layout: cache kept
-    assert len(functional._compiled_scan) >= 1
+    assert scans() >= 1
     deep = walk.base.replace(wtmm_num_scales=5)
     walk.evaluate(deep)  # a deep-tier layout: its graphs are released, the base's kept
     assert functional.layout_config(deep) not in functional.compiled_layouts()

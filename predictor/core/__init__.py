@@ -1,25 +1,12 @@
 """Pure JAX numerical core: no I/O, no threads.
 
-Importing this package configures JAX for the model's determinism contract
-(MODEL.md, "Determinism"):
-
-* ``jax_enable_x64``: every array of the model is float64.
-* ``--xla_cpu_max_isa=SSE4_2`` is added to ``XLA_FLAGS`` (unless the caller
-  set ``xla_cpu_max_isa`` already). With FMA instructions available, XLA's
-  CPU backend contracts ``a * b + c`` into fused multiply-adds differently
-  depending on the surrounding graph (a scan, a batch, a single step), so the
-  same tick would give results that differ in the last bit depending on how
-  it was stepped. Without FMA every graph rounds each operation the same way.
-  It must be set before the CPU backend starts, hence here; it does not
-  affect GPU backends.
+Importing this package enables ``jax_enable_x64``: every array of the model
+is float64, and the compiled graphs' signatures depend on it. It changes no
+other process-wide setting; the instruction-set cap that makes batched and
+single steps round alike is the entry points' choice
+(``predictor.xla.configure_deterministic_cpu``).
 """
 
-import os
-
-_ISA_FLAG = "--xla_cpu_max_isa=SSE4_2"
-if "xla_cpu_max_isa" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _ISA_FLAG).strip()
-
-import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
+import jax
 
 jax.config.update("jax_enable_x64", True)  # type: ignore[no-untyped-call]

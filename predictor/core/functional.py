@@ -1,12 +1,11 @@
-"""FunctionalPredictor: the stateless, jitted face of ``core_step``.
+"""FunctionalPredictor: the stateless, jitted face of the two-rate step.
 
-State lives with the caller (one ``AssetState`` per asset, or a stacked
-pytree whose leading axis is the asset slot); this class only holds the
-config, the traced sensitivities and the compiled graphs: one single-asset
-graph and one ``vmap`` graph per signature depth of ``cfg.shed_ladder``.
-Switching depth therefore never recompiles, and every depth shares one state
-layout. ``step_batch`` donates the input states so that XLA can update the
-stacked buffers in place.
+State lives with the caller (one ``PackedState`` per asset, or stacked rows
+whose leading axis is the asset slot); this class only holds the config,
+the traced sensitivities and the compiled graphs (``predictor.core.graphs``)
+per signature depth of ``cfg.shed_ladder``. Switching depth therefore never
+recompiles, and every depth shares one state layout. Nothing is donated: a
+caller's previous state stays valid.
 
 The graphs are memoised per layout (``layout_config``) at module level and
 shared by every instance; ``evict_compiled`` releases a layout's graphs.
@@ -17,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -25,13 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from predictor.config import DYNAMIC_FIELDS, PredictorConfig
+from predictor.core import graphs
+from predictor.core.packing import Rows
 from predictor.core.params import Params, params_from_config
-from predictor.core.step import AssetState, Obs, StepOutput, core_step, init_state
+from predictor.core.state import AssetState, Obs, PackedState, StepOutput
+from predictor.core.step import init_state
 from predictor.core.types import MODES, PredictionResult, ProcessState
 
 _DEFAULTS = {name: getattr(PredictorConfig(), name) for name in DYNAMIC_FIELDS}
 
-StepFn = Callable[[AssetState, Obs, jax.Array, Params], tuple[AssetState, StepOutput]]
 _Graph = TypeVar("_Graph")
 
 
@@ -44,7 +46,7 @@ def make_obs(y: Any, ref: Any, ts: Any) -> Obs:
     )
 
 
-def stack_states(states: Sequence[AssetState]) -> AssetState:
+def stack_states(states: Sequence[PackedState]) -> PackedState:
     """Stack per-asset states along a new leading axis (asset slot)."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)  # type: ignore[no-any-return]
 
@@ -141,67 +143,8 @@ class _GraphCache(Generic[_Graph]):
             return len(self._graphs)
 
 
-def _build_single(cfg: PredictorConfig, depth: int) -> StepFn:
-    """One jitted single-asset graph per (config, depth), shared by every instance.
-
-    It is the batch graph on a batch of one, so a single step runs exactly the
-    code that ``step_batch`` runs for each asset (bit-identical results).
-    """
-    batch = _compiled_batch(cfg, depth)
-
-    def run(
-        state: AssetState, obs: Obs, now: jax.Array, params: Params
-    ) -> tuple[AssetState, StepOutput]:
-        one_state, one_obs = jax.tree.map(lambda x: x[None], (state, obs))
-        new_state, out = batch(one_state, one_obs, now, params)
-        result: tuple[AssetState, StepOutput] = jax.tree.map(lambda x: x[0], (new_state, out))
-        return result
-
-    # Jitted as a whole so the reshapes of the ~70 state leaves are not Python dispatches.
-    return jax.jit(run)
-
-
-def _build_batch(cfg: PredictorConfig, depth: int) -> StepFn:
-    """One jitted batch graph per (config, depth); the stacked states are donated.
-
-    The batch is a ``lax.map`` of the single-asset step, not a ``vmap``: XLA
-    on CPU vectorises and contracts (FMA) a vmapped graph differently for
-    each batch size, so an asset's bits would depend on which other assets
-    share its batch. Mapping the unbatched step keeps every asset's
-    arithmetic identical to ``step``, whatever the batch.
-    """
-
-    def run(
-        states: AssetState, obs: Obs, now: jax.Array, params: Params
-    ) -> tuple[AssetState, StepOutput]:
-        def one(x: tuple[AssetState, Obs]) -> tuple[AssetState, StepOutput]:
-            return core_step(x[0], x[1], now, params, cfg, depth)
-
-        result: tuple[AssetState, StepOutput] = jax.lax.map(one, (states, obs))
-        return result
-
-    return jax.jit(run, donate_argnums=(0,))
-
-
-def _build_scan(cfg: PredictorConfig) -> Callable[..., tuple[AssetState, StepOutput]]:
-    """``lax.scan`` of ``core_step`` over a series, with ``now`` = each tick's timestamp."""
-
-    def run(
-        state: AssetState, ys: jax.Array, refs: jax.Array, ts: jax.Array, params: Params, depth: int
-    ) -> tuple[AssetState, StepOutput]:
-        def body(s: AssetState, x: tuple[jax.Array, ...]) -> tuple[AssetState, StepOutput]:
-            y, r, t = x
-            return core_step(s, Obs(y, r, t), t, params, cfg, depth)
-
-        return jax.lax.scan(body, state, (ys, refs, ts))
-
-    return jax.jit(run, static_argnames=("depth",))
-
-
-_compiled_single: _GraphCache[StepFn] = _GraphCache(_build_single)
-_compiled_batch: _GraphCache[StepFn] = _GraphCache(_build_batch)
-_compiled_scan: _GraphCache[Callable[..., tuple[AssetState, StepOutput]]] = _GraphCache(_build_scan)
-_CACHES = (_compiled_single, _compiled_batch, _compiled_scan)
+_compiled: _GraphCache[graphs.Graph] = _GraphCache(graphs.build)
+_CACHES = (_compiled,)
 
 
 def evict_compiled(cfg: PredictorConfig | None = None) -> int:
@@ -216,10 +159,10 @@ def evict_compiled(cfg: PredictorConfig | None = None) -> int:
     so any config of that layout names it) is dropped; graphs of other
     layouts stay compiled.
 
-    Instances created before keep working: a ``FunctionalPredictor`` holds
-    its own step graphs, and its ``scan`` rebuilds the scan graph on the
-    next call (a trace, plus a compile or a persistent-cache load).
-    Returns the number of graphs released (single, batch and scan together).
+    Instances created before keep working: a ``FunctionalPredictor`` looks
+    its graphs up on every call, so an evicted graph is rebuilt on its next
+    use (a trace, plus a compile or a persistent-cache load).
+    Returns the number of graphs released (every kind and depth together).
     """
     layout = None if cfg is None else layout_config(cfg)
     return sum(cache.evict(layout) for cache in _CACHES)
@@ -234,27 +177,70 @@ def compiled_layouts() -> frozenset[PredictorConfig]:
 
 
 class FunctionalPredictor:
-    """Pure state transitions ``(S_t, obs_t) -> (S_{t+1}, result_t)`` for one or many assets."""
+    """Pure state transitions ``(S_t, obs_t) -> (S_{t+1}, result_t)`` for one or many assets.
+
+    States are ``PackedState`` rows (``init_state``, ``init_batch``);
+    ``view`` turns them into the readable ``AssetState``. ``step`` and
+    ``step_batch`` run both rates and return host outputs; ``tick`` /
+    ``refit`` and ``tick_batch`` / ``refit_batch`` are the two halves for
+    callers that publish a result before its refit runs (with
+    ``refit_timing = "after"``, the default, the refit's output serves the
+    following ticks, so the order of publishing changes nothing).
+    """
 
     def __init__(self, config: PredictorConfig | None = None, *, warmup: bool = True) -> None:
         self.config = config if config is not None else PredictorConfig()
         self.params: Params = params_from_config(self.config)
         self.depths: tuple[int, ...] = self.config.shed_ladder
-        layout = layout_config(self.config)
-        self._single = {d: _compiled_single(layout, d) for d in self.depths}
-        self._batch = {d: _compiled_batch(layout, d) for d in self.depths}
+        self._layout = layout_config(self.config)
+        self._packers = graphs.packers(self._layout)
+        self._before = self.config.refit_timing == "before"
+        self._cold: PackedState | None = None
+        self._set_param_rows()
         if warmup:
             self.warmup()
 
-    # ------------------------------------------------------------------
-    def init_state(self, key: jax.Array | None = None) -> AssetState:
-        """Cold state of one asset."""
-        return init_state(self.config, key)
+    def _set_param_rows(self) -> None:
+        rows = self._packers.params.pack(self.params)
+        self._pf, self._pi = jnp.asarray(rows.f), jnp.asarray(rows.i)
 
-    def init_batch(self, n: int) -> AssetState:
-        """Cold stacked state of ``n`` assets (identical cold states)."""
-        one = self.init_state()
-        return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)).copy(), one)  # type: ignore[no-any-return]
+    def _graph(self, depth: int | None, kind: str) -> graphs.Graph:
+        return _compiled(self._layout, self._depth(depth), kind)
+
+    # ------------------------------------------------------------------ state --
+    def init_state(self, key: jax.Array | None = None, phase: int = 0) -> PackedState:
+        """Cold state of one asset; ``phase`` staggers its refits (``step.init_state``)."""
+        return self.pack(init_state(self.config, key, phase))
+
+    def init_batch(self, n: int) -> PackedState:
+        """Cold stacked state of ``n`` assets with phases 0, 1, ..., n - 1 (staggered refits)."""
+        return jax.device_put(self.cold_rows(n))  # type: ignore[no-any-return]
+
+    def cold_rows(self, n: int, first_phase: int = 0) -> PackedState:
+        """``n`` cold states as host rows, phases ``first_phase``, ``first_phase + 1``, ..."""
+        if self._cold is None:
+            self._cold = jax.device_get(self.init_state())
+        rows: PackedState = jax.tree.map(
+            lambda x: np.repeat(np.asarray(x)[None], n, axis=0), self._cold
+        )
+        (col,) = _phase_index(self._packers, self.config)
+        rows.fast.i[:, col] = first_phase + np.arange(n, dtype=np.int64)
+        return rows
+
+    def pack(self, state: AssetState) -> PackedState:
+        """Rows of a readable state (inverse of ``view``)."""
+        return PackedState(self._packers.fast.pack(state.fast), self._packers.fit.pack(state.fit))
+
+    def view(self, state: PackedState) -> AssetState:
+        """Readable ``AssetState`` of packed rows (numpy rows give numpy leaves)."""
+        return AssetState(
+            self._packers.fast.unpack(state.fast), self._packers.fit.unpack(state.fit)
+        )
+
+    def output(self, rows: Rows) -> StepOutput:
+        """Host ``StepOutput`` (numpy leaves, batch axes kept) of output rows."""
+        host = Rows(np.asarray(rows.f), np.asarray(rows.i))
+        return self._packers.out.unpack(host)
 
     def set_sensitivities(self, config: PredictorConfig) -> None:
         """Apply a config that differs only in hot-reloadable fields (no recompilation)."""
@@ -263,64 +249,144 @@ class FunctionalPredictor:
             raise ValueError(f"layout fields changed, re-initialisation required: {changed}")
         self.config = config
         self.params = params_from_config(config)
+        self._set_param_rows()
+
+    def set_refit_interval(self, interval: int) -> None:
+        """Use ``refit_interval = interval`` from now on (nothing recompiles)."""
+        self.set_sensitivities(self.config.replace(refit_interval=int(interval)))
 
     def warmup(self, batch_sizes: Sequence[int] = ()) -> None:
-        """Compile every depth's single graph (and batch graphs for ``batch_sizes``)."""
-        state = self.init_state()
-        obs = make_obs(0.0, 0.0, 1)
-        now = jnp.asarray(1, jnp.int64)
+        """Compile every depth's single-asset graphs (and batch graphs for ``batch_sizes``)."""
         for depth in self.depths:
-            jax.block_until_ready(self._single[depth](state, obs, now, self.params))  # type: ignore[no-untyped-call]
+            state = self.init_state()
+            state, _ = self.step(state, ProcessState(0.0, 0.0, 1), 1, depth=depth, refit=True)
             for n in batch_sizes:
                 states = self.init_batch(n)
-                batch_obs = make_obs(np.zeros(n), np.zeros(n), np.ones(n, dtype=np.int64))
-                out = self._batch[depth](states, batch_obs, now, self.params)
-                jax.block_until_ready(out)  # type: ignore[no-untyped-call]
+                obs = make_obs(np.zeros(n), np.zeros(n), np.ones(n, dtype=np.int64))
+                jax.block_until_ready(self.step_batch(states, obs, 1, depth))  # type: ignore[no-untyped-call]
 
     def _depth(self, depth: int | None) -> int:
         d = self.config.log_sig_depth if depth is None else depth
-        if d not in self._single:
+        if d not in self.depths:
             raise ValueError(f"depth {d} is not compiled; available: {self.depths}")
         return d
 
-    # ------------------------------------------------------------------
+    # ------------------------------------------------------------ one asset --
+    def tick(
+        self, state: PackedState, obs: Obs, now_ns: jax.Array, depth: int | None = None
+    ) -> tuple[PackedState, Rows]:
+        """The fast rate of one asset (device output rows).
+
+        With ``refit_timing = "before"`` this runs both rates in one call.
+        """
+        obs_f, obs_i = graphs.obs_rows(obs.y, obs.ref, obs.ts)
+        if self._before:
+            fast, fit, out = self._graph(depth, "before")(
+                state.fast, state.fit, obs_f, obs_i, now_ns, self._pf, self._pi
+            )
+            return PackedState(fast, fit), out
+        fast, out = self._graph(depth, "tick")(
+            state.fast, state.fit, obs_f, obs_i, now_ns, self._pf, self._pi
+        )
+        return PackedState(fast, state.fit), out
+
+    def refit(self, state: PackedState, depth: int | None = None) -> PackedState:
+        """Recompute one asset's cached fits from its window ."""
+        fit = self._graph(depth, "refit")(state.fast, state.fit)
+        return PackedState(state.fast, fit)
+
     def step(
         self,
-        state: AssetState,
+        state: PackedState,
         obs: ProcessState | Obs,
         now_ns: int | None = None,
         depth: int | None = None,
-    ) -> tuple[AssetState, StepOutput]:
-        """One tick of one asset. ``now_ns`` defaults to the tick's own timestamp."""
+        *,
+        refit: bool | None = None,
+    ) -> tuple[PackedState, StepOutput]:
+        """One tick of one asset and, when due, its refit; the output on the host.
+
+        ``now_ns`` defaults to the tick's own timestamp. ``refit`` forces
+        (True) or skips (False) the refit instead of following the
+        schedule (``"after"`` timing only).
+        """
         if isinstance(obs, ProcessState):
-            obs = make_obs(obs.magnitude, obs.reference, obs.timestamp_ns)
+            obs = make_obs(_scalar(obs.magnitude), _scalar(obs.reference), int(obs.timestamp_ns))
         now = obs.ts if now_ns is None else jnp.asarray(now_ns, jnp.int64)
-        return self._single[self._depth(depth)](state, obs, now, self.params)
+        state, rows = self.tick(state, obs, now, depth)
+        out = self.output(jax.device_get(rows))
+        due = bool(out.refit_due) if refit is None else refit
+        if due and not self._before:
+            state = self.refit(state, depth)
+        return state, out
+
+    # ---------------------------------------------------------- many assets --
+    def tick_batch(
+        self, states: PackedState, obs_batch: Obs, now_ns: Any, depth: int | None = None
+    ) -> tuple[PackedState, Rows]:
+        """The fast rate of B assets under ``vmap`` (device output rows).
+
+        With ``refit_timing = "before"`` this runs both rates in one call.
+        """
+        obs_f, obs_i = graphs.obs_rows(obs_batch.y, obs_batch.ref, obs_batch.ts)
+        now = jnp.asarray(now_ns, jnp.int64)
+        if self._before:
+            fast, fit, out = self._graph(depth, "before_batch")(
+                states.fast, states.fit, obs_f, obs_i, now, self._pf, self._pi
+            )
+            return PackedState(fast, fit), out
+        fast, out = self._graph(depth, "tick_batch")(
+            states.fast, states.fit, obs_f, obs_i, now, self._pf, self._pi
+        )
+        return PackedState(fast, states.fit), out
+
+    def refit_batch(self, states: PackedState, depth: int | None = None) -> PackedState:
+        """Refit the assets whose last tick was due, one after another."""
+        if self._before:
+            return states
+        fit = self._graph(depth, "refit_batch")(states.fast, states.fit)
+        return PackedState(states.fast, fit)
 
     def step_batch(
         self,
-        states: AssetState,
-        obs_batch: Obs,
-        now_ns: int,
+        states: PackedState,
+        obs_batch: Obs | ProcessState,
+        now_ns: int | None = None,
         depth: int | None = None,
-    ) -> tuple[AssetState, StepOutput]:
-        """One tick for each of B assets (leading axis B). ``states`` is donated."""
-        now = jnp.asarray(now_ns, jnp.int64)
-        return self._batch[self._depth(depth)](states, obs_batch, now, self.params)
+    ) -> tuple[PackedState, StepOutput]:
+        """One tick of each of B assets (leading axis B) and their due refits.
+
+        ``obs_batch`` is an ``Obs`` or a ``ProcessState`` of equal-length
+        arrays. ``now_ns`` defaults to the largest timestamp of the batch
+        with the event clock and to ``time.time_ns()`` with the wall clock.
+        The output is on the host; it is copied before the refits are
+        dispatched, so they run while the caller reads it.
+        """
+        if isinstance(obs_batch, ProcessState):
+            obs_batch = make_obs(obs_batch.magnitude, obs_batch.reference, obs_batch.timestamp_ns)
+        if now_ns is None:
+            now_ns = (
+                int(np.max(np.asarray(obs_batch.ts)))
+                if self.config.clock == "event"
+                else time.time_ns()
+            )
+        states, rows = self.tick_batch(states, obs_batch, now_ns, depth)
+        host = jax.device_get(rows)
+        return self.refit_batch(states, depth), self.output(host)
 
     # ------------------------------------------------------------------
     def scan(
         self,
-        state: AssetState,
+        state: PackedState,
         ys: Any,
         refs: Any | None = None,
         ts: Any | None = None,
         depth: int | None = None,
-    ) -> tuple[AssetState, StepOutput]:
+    ) -> tuple[PackedState, StepOutput]:
         """Step a whole series in one ``lax.scan`` (event clock: now = each tick's ts).
 
         Timestamps default to 1, 2, 3, ... ns, so no tick is sparse or stale.
-        Returns the final state and the stacked outputs.
+        Returns the final state and the stacked outputs (on the host).
         """
         ys = jnp.asarray(ys, jnp.float64)
         refs = ys if refs is None else jnp.asarray(refs, jnp.float64)
@@ -329,8 +395,22 @@ class FunctionalPredictor:
             if ts is None
             else jnp.asarray(ts, jnp.int64)
         )
-        scan = _compiled_scan(layout_config(self.config))
-        return scan(state, ys, refs, ts, self.params, self._depth(depth))
+        fast, fit, outs = self._graph(depth, "scan")(
+            state.fast, state.fit, ys, refs, ts, self._pf, self._pi
+        )
+        return PackedState(fast, fit), self.output(jax.device_get(outs))
+
+
+def _scalar(x: Any) -> float:
+    """A float from a Python number or a one-element array (the specification's shape (1,))."""
+    return float(np.asarray(x, dtype=np.float64).reshape(-1)[0]) if np.size(x) == 1 else float(x)
+
+
+def _phase_index(p: graphs.Packers, cfg: PredictorConfig) -> np.ndarray:
+    """Column of ``FastState.phase`` in the fast int row."""
+    a = p.fast.pack(init_state(cfg, phase=0).fast).i
+    b = p.fast.pack(init_state(cfg, phase=1).fast).i
+    return np.flatnonzero(np.asarray(a) != np.asarray(b))
 
 
 def fit_verdict(final: StepOutput, cusum_h: float) -> bool:

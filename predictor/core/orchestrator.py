@@ -39,7 +39,7 @@ from predictor.core.params import Params
 N_KERNELS = 4
 KERNEL_D = 3
 KERNEL_B = 1
-#: Tolerance of the first-marginal error |pi 1 - w_k|_1 (MODEL.md).
+#: Tolerance of the first-marginal error |pi 1 - w_k|_1 (docs/model.md).
 MARGINAL_TOL = 1e-6
 #: Circuit-breaker exit margin above ``holder_threshold``.
 HOLDER_EXIT_MARGIN = 0.05
@@ -57,6 +57,7 @@ class JKOResult(NamedTuple):
     converged: jax.Array  # bool
     iterations: jax.Array  # int
     marginal_error: jax.Array  # |pi 1 - w_k|_1
+    dual: jax.Array  # (4,) the second scaling potential g (log domain), for a warm start
 
 
 def huber(x: jax.Array, delta: float = 1.0) -> jax.Array:
@@ -77,12 +78,14 @@ def jko_step(
     tau: jax.Array,
     max_iter: int,
     tol: float = MARGINAL_TOL,
+    g0: jax.Array | None = None,
 ) -> JKOResult:
     """Entropic JKO step by log-domain scaling iterations (see module doc).
 
     ``w`` (4,) previous weights, ``losses`` (4,) normalised losses L,
     ``cost`` (4, 4) normalised ground cost, ``eps`` entropic
-    regularisation, ``tau`` JKO step. When the first-marginal error does
+    regularisation, ``tau`` JKO step; ``g0`` the starting potential g (zeros
+    when None; the previous step's g warm-starts). When the first-marginal error does
     not fall below ``tol`` within ``max_iter`` iterations the previous
     weights are returned with ``converged = False``.
     """
@@ -114,14 +117,15 @@ def jko_step(
         return f, g_new, marginal_error(f, g_new), it + 1
 
     zeros = jnp.zeros_like(w)
-    init = (zeros, zeros, jnp.asarray(jnp.inf, w.dtype), jnp.asarray(0, jnp.int32))
+    g_start = zeros if g0 is None else jnp.where(jnp.isfinite(g0), g0, 0.0)
+    init = (zeros, g_start, jnp.asarray(jnp.inf, w.dtype), jnp.asarray(0, jnp.int32))
     f, g, err, iters = jax.lax.while_loop(cond, body, init)
     log_plan = f[:, None] + log_k + g[None, :]
     plan = jnp.exp(log_plan)
     new_w = tree_sum(plan.T)
     new_w = new_w * (1.0 / tree_sum(new_w))
     converged = (err <= tol) & jnp.all(jnp.isfinite(new_w))
-    return JKOResult(jnp.where(converged, new_w, w), plan, converged, iters, err)
+    return JKOResult(jnp.where(converged, new_w, w), plan, converged, iters, err, g)
 
 
 def free_energy(
@@ -147,6 +151,7 @@ class OrchState(NamedTuple):
     holder_ema: jax.Array  # EMA of the Hölder exponent (circuit breaker input)
     emergency: jax.Array  # bool, circuit breaker open
     calm_steps: jax.Array  # int, consecutive steps above the exit level
+    dual: jax.Array  # (4,) last JKO step's potential g: the next step starts from it
 
 
 class OrchOut(NamedTuple):
@@ -169,6 +174,7 @@ def init() -> OrchState:
         holder_ema=f64(0.5),
         emergency=jnp.asarray(False),
         calm_steps=jnp.asarray(0, jnp.int64),
+        dual=jnp.zeros((N_KERNELS,), dtype=jnp.float64),
     )
 
 
@@ -218,7 +224,7 @@ def update(
     eps = jnp.maximum(params.epsilon_min, params.epsilon * (1.0 + params.sinkhorn_alpha * sigma_z))
     diff = predictions[:, None] - predictions[None, :]
     cost = diff * diff * (1.0 / (sigma * sigma))
-    jko = jko_step(state.weights, losses, cost, eps, params.learning_rate, max_iter)
+    jko = jko_step(state.weights, losses, cost, eps, params.learning_rate, max_iter, g0=state.dual)
     weights = jnp.where(freeze, state.weights, jko.weights)
     uniform = jnp.full_like(weights, 1.0 / N_KERNELS)
     weights = jnp.where(alarm, uniform, weights)
@@ -228,6 +234,9 @@ def update(
     published = jnp.where(emergency, jax.nn.one_hot(KERNEL_D, N_KERNELS), published)
 
     fe = free_energy(weights, losses, eps, cost, jko.plan, params.learning_rate)
-    new_state = OrchState(weights, losses, holder_ema, emergency, calm)
+    # Warm start: losses and costs move little per tick, so the last potential
+    # is close to the next solution.
+    dual = jnp.where(jko.converged, jko.dual, state.dual)
+    new_state = OrchState(weights, losses, holder_ema, emergency, calm, dual)
     out = OrchOut(published, fe, jko.converged, emergency, enter, mode, eps)
     return new_state, out

@@ -25,6 +25,7 @@ class Params(NamedTuple):
     sinkhorn_alpha: jax.Array
     entropy_window: jax.Array
     robust_kurtosis: jax.Array
+    refit_interval: jax.Array
     holder_threshold: jax.Array
     cusum_h: jax.Array
     cusum_k: jax.Array

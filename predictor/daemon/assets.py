@@ -1,16 +1,21 @@
-"""Asset table: asset id -> slot of one stacked state pytree on the device.
+"""Asset table: asset id -> slot of one stacked, packed state on the device.
 
-Every asset's ``AssetState`` lives in row ``slot`` of one stacked pytree
-(leading axis = slot). The pytree has ``capacity + 1`` rows: row
+Every asset's state lives in row ``slot`` of four stacked arrays (a
+``PackedState``: the fast and fit parts, each a float64 and an int64 row;
+leading axis = slot). The table has ``capacity + 1`` rows: row
 ``capacity`` is the *pad row*, a cold state that pads a batch up to its
 bucket and is never written (so padded lanes compute on a valid state and
-their results are discarded).
+their results are discarded). Slot ``s`` refits when its tick count is
+congruent to ``-s`` modulo ``refit_interval``: the refits of a round are
+spread over the slots instead of falling on the same tick.
 
-A batched step is three jitted calls with fixed shapes:
+A batched step is a few jitted calls with fixed shapes:
 
 * ``gather(stacked, idx)``: rows ``idx`` (length B = the bucket; padded
-  with the pad row's index) -> a B-row state;
-* ``FunctionalPredictor.step_batch`` on those B rows (donated);
+  with the pad row's index) -> B rows;
+* ``FunctionalPredictor.tick_batch`` on those rows; its outputs are copied
+  to the host, and only then, if a lane is due, ``refit_batch`` is
+  dispatched, so the refits run while the caller publishes;
 * ``scatter(stacked, sidx, new)``: rows written back in place (``stacked``
   donated); padded lanes carry the index ``capacity + 1``, one past the last
   row, which ``mode="drop"`` discards.
@@ -51,7 +56,7 @@ import numpy as np
 from structlog.typing import FilteringBoundLogger
 
 from predictor.core.functional import FunctionalPredictor, make_obs
-from predictor.core.step import AssetState, StepOutput
+from predictor.core.state import AssetState, PackedState, StepOutput
 from predictor.snapshots import AssetBatch, make_asset_batch
 
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -109,12 +114,12 @@ class AssetLimitError(RuntimeError):
     """The table holds ``max_assets`` assets: a new asset id is refused."""
 
 
-def _gather(stacked: AssetState, idx: jax.Array) -> AssetState:
+def _gather(stacked: PackedState, idx: jax.Array) -> PackedState:
     """Rows ``idx`` of every leaf (``idx`` in ``[0, capacity]``)."""
     return jax.tree.map(lambda x: x[idx], stacked)  # type: ignore[no-any-return]
 
 
-def _scatter(stacked: AssetState, idx: jax.Array, rows: AssetState) -> AssetState:
+def _scatter(stacked: PackedState, idx: jax.Array, rows: PackedState) -> PackedState:
     """Write ``rows`` back at ``idx``; an index past the last row is dropped."""
     return jax.tree.map(  # type: ignore[no-any-return]
         lambda x, r: x.at[idx].set(r, mode="drop"), stacked, rows
@@ -123,11 +128,6 @@ def _scatter(stacked: AssetState, idx: jax.Array, rows: AssetState) -> AssetStat
 
 _GATHER = jax.jit(_gather)
 _SCATTER = jax.jit(_scatter, donate_argnums=(0,))
-
-
-def _host_rows(one: Any, n: int) -> Any:
-    """``n`` stacked copies of a host state (numpy; no device work, nothing compiles)."""
-    return jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], n, axis=0), one)
 
 
 class StepResult:
@@ -151,9 +151,7 @@ class AssetTable:
     """Asset ids, slots and the stacked state; see the module docstring.
 
     ``buckets`` are the padded batch sizes (increasing); a batch larger than
-    the last bucket is the caller's to split. ``step_delay`` (tests only)
-    returns seconds to sleep inside the measured step, to emulate a slow
-    device.
+    the last bucket is the caller's to split.
     """
 
     def __init__(
@@ -164,7 +162,6 @@ class AssetTable:
         max_assets: int,
         buckets: Sequence[int],
         log: FilteringBoundLogger,
-        step_delay: Callable[[], float] | None = None,
         workers: int = 2,
     ) -> None:
         if capacity < 1 or max_assets < 1:
@@ -175,7 +172,6 @@ class AssetTable:
         self.max_assets = max_assets
         self.buckets = tuple(int(b) for b in buckets)
         self.log = log
-        self.step_delay = step_delay
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="step") if workers > 1 else None
         self.capacity = min(capacity, max_assets)
         self.ids: dict[str, int] = {}
@@ -183,8 +179,7 @@ class AssetTable:
         self.seq: IntArray = np.zeros(self.capacity, np.int64)
         self.last_ts: IntArray = np.zeros(self.capacity, np.int64)
         self.last_mode: IntArray = np.full(self.capacity, -1, np.int64)
-        self._cold = jax.device_get(fp.init_state())
-        self.stacked: AssetState = jax.device_put(_host_rows(self._cold, self.capacity + 1))
+        self.stacked: PackedState = jax.device_put(fp.cold_rows(self.capacity + 1))
         self.growths = 0
         #: True while ``grow`` runs (its compilations are expected).
         self.compiling = False
@@ -223,7 +218,7 @@ class AssetTable:
         n_live = len(self.names)
         # On the host: eager device ops would compile once per leaf and shape.
         host = jax.device_get(self.stacked)
-        rows = _host_rows(self._cold, new + 1)
+        rows = self.fp.cold_rows(new + 1)
         rows = jax.tree.map(_copy_head(n_live), rows, host)
         self.stacked = jax.device_put(rows)
         self.seq = _resize(self.seq, new, 0)
@@ -291,15 +286,15 @@ class AssetTable:
     def _run(self, padded: Sequence[_Padded], now_ns: int, depth: int) -> list[StepResult]:
         rows = [_GATHER(self.stacked, p.idx) for p in padded]
 
-        def run(i: int) -> tuple[AssetState, StepResult]:
+        def run(i: int) -> tuple[PackedState, StepResult]:
             p = padded[i]
             start = time.perf_counter_ns()
-            new, out = self.fp.step_batch(rows[i], make_obs(p.ys, p.refs, p.tss), now_ns, depth)
-            host: StepOutput = jax.device_get(out)
-            if self.step_delay is not None:
-                delay = self.step_delay()
-                if delay > 0:
-                    time.sleep(delay)
+            obs = make_obs(p.ys, p.refs, p.tss)
+            new, out_rows = self.fp.tick_batch(rows[i], obs, now_ns, depth)
+            host = self.fp.output(jax.device_get(out_rows))
+            if np.any(np.asarray(host.refit_due)[: p.n]):
+                # Dispatched after the outputs are on the host: it runs while they are published.
+                new = self.fp.refit_batch(new, depth)
             return new, StepResult(host, p.n, time.perf_counter_ns() - start)
 
         if self._pool is None or len(padded) == 1:
@@ -339,6 +334,8 @@ class AssetTable:
             pad_only = _Padded(idx, sidx, ys, ys.copy(), np.ones(b, np.int64), 0)
             for depth in self.fp.depths:
                 self._run([pad_only], 1, depth)
+                # Pad lanes are never due: compile the refit graph of this bucket explicitly.
+                _ready(self.fp.refit_batch(_GATHER(self.stacked, idx), depth))
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -349,8 +346,7 @@ class AssetTable:
     def reset_states(self, fp: FunctionalPredictor) -> None:
         """Cold states for every slot under a new predictor (layout change); ids and seq kept."""
         self.fp = fp
-        self._cold = jax.device_get(fp.init_state())
-        self.stacked = jax.device_put(_host_rows(self._cold, self.capacity + 1))
+        self.stacked = jax.device_put(fp.cold_rows(self.capacity + 1))
         self.last_mode[:] = -1
 
     def to_batch(self) -> AssetBatch:
@@ -383,15 +379,20 @@ class AssetTable:
         self.last_ts[:n] = batch.last_ts_ns[order]
         host = jax.device_get(batch.state)
         # The pad row must be cold whatever the file holds.
-        host = jax.tree.map(_set_row(capacity), host, self._cold)
+        cold = jax.tree.map(lambda x: x[0], self.fp.cold_rows(1, first_phase=capacity))
+        host = jax.tree.map(_set_row(capacity), host, cold)
         self.stacked = jax.device_put(host)
-        modes = np.asarray(jax.device_get(self.stacked.last_output.mode))[:capacity]
+        modes = np.asarray(self.last_outputs().mode)[:capacity]
         self.last_mode = np.where(self.seq > 0, modes.astype(np.int64), -1)
         self.max_assets = max(self.max_assets, self.capacity)
 
-    def host_rows(self, leaf: Callable[[AssetState], jax.Array]) -> np.ndarray[Any, Any]:
-        """Host copy of one leaf for the live slots (one device transfer)."""
-        return np.asarray(jax.device_get(leaf(self.stacked)))[: len(self.names)]
+    def view(self) -> AssetState:
+        """Host copy of every row in readable form (one device transfer; pad row last)."""
+        return self.fp.view(jax.device_get(self.stacked))
+
+    def last_outputs(self) -> StepOutput:
+        """Host copy of every row's last output (leading axis = slot, pad row last)."""
+        return self.view().fast.last_output
 
     def mode_counts(self, modes: Sequence[str]) -> dict[str, int]:
         """Assets by the mode of their last prediction (assets without one are not counted)."""

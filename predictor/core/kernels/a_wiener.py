@@ -47,8 +47,10 @@ XLA reduce, and nothing batched is divided by an unbatched scalar
 (XLA rewrites ``A / broadcast(c)`` into ``A * broadcast(1/c)`` only in the
 batched graph); such divisions are written as products with a reciprocal.
 
-The kernel is stateless in what it computes; its state keeps the last fit
-(coefficients, order, innovation variance) for inspection and snapshots.
+Two rates: ``refit`` (every ``refit_interval`` ticks) runs the recursion
+and the AIC choice and caches the chosen coefficients in the state;
+``forecast`` (every tick) applies them to the current window's lags, O(P).
+``update`` is both at once, the full recomputation.
 """
 
 from __future__ import annotations
@@ -228,23 +230,18 @@ def fit(x: Vector, cfg: PredictorConfig) -> ARFit:
     raise ValueError(f"unknown wiener_method {cfg.wiener_method!r}")
 
 
-def update(state: AState, z: Vector, cfg: PredictorConfig) -> tuple[AState, Scalar, AAux]:
-    """One step: fit, choose the order by AIC, forecast z_{t+1} (z units)."""
-    del state  # the fit is recomputed from the window at every step
+def refit(z: Vector, cfg: PredictorConfig) -> tuple[AState, AAux]:
+    """Fit every order 1..P on the window ``z`` and keep the AIC choice (slow rate)."""
     n = z.shape[0]
     p = cfg.wiener_order
     mean = tree_sum(z) * (1.0 / n)
-    x = z - mean
-    ar = fit(x, cfg)
+    ar = fit(z - mean, cfg)
 
     orders = jnp.arange(1, p + 1)
     log_e = jnp.log(jnp.maximum(ar.variances[1:], _TINY))
     aic = n * log_e + 2.0 * orders
     idx = jnp.argmin(aic)
     coefs = ar.coefs[idx]
-    lags = x[::-1][:p]  # x_{N-1}, x_{N-2}, ..., x_{N-P}
-    pred = mean + tree_sum(coefs * lags)
-
     order = idx + 1
     sigma2 = ar.variances[order]
     max_k = jnp.max(jnp.where(orders <= order, jnp.abs(ar.reflections), 0.0))
@@ -256,4 +253,25 @@ def update(state: AState, z: Vector, cfg: PredictorConfig) -> tuple[AState, Scal
         max_abs_reflection=max_k,
         coef_sum=tree_sum(coefs),
     )
-    return new_state, pred, aux
+    return new_state, aux
+
+
+def forecast(state: AState, z: Vector) -> Scalar:
+    """Mean-adjusted AR forecast of z_{t+1} from the cached coefficients (fast rate).
+
+    ``p_A = mean(z) + sum_j a_j (z_{N-j} - mean(z))`` on the current window:
+    the coefficients are dimensionless, so a fit made on an earlier window
+    applies to the current window's standardisation as it is.
+    """
+    n = z.shape[0]
+    p = state.coefs.shape[0]
+    mean = tree_sum(z) * (1.0 / n)
+    lags = z[::-1][:p] - mean  # x_{N-1}, x_{N-2}, ..., x_{N-P}
+    return mean + tree_sum(state.coefs * lags)
+
+
+def update(state: AState, z: Vector, cfg: PredictorConfig) -> tuple[AState, Scalar, AAux]:
+    """Refit on the window and forecast z_{t+1} (z units): both rates at once."""
+    del state  # the fit is recomputed from the window
+    new_state, aux = refit(z, cfg)
+    return new_state, forecast(new_state, z), aux

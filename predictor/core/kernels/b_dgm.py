@@ -32,7 +32,7 @@ Diagnostics (both solvers), on the same grid:
   more than ``COLLAPSE_PATIENCE`` consecutive calls (counter in the state).
   A contraction V(0, x) = m + c (x - m) has entropy H[g] + log c, so a
   strongly mean-reverting solution (c = e^(-theta)) also trips it; this is
-  the rule of MODEL.md.
+  the rule of docs/model.md.
 
 Guards: ``z`` is sanitised (NaN -> 0) and clipped to ``[-Z_CLIP, Z_CLIP]``
 (a standardised window has |z| <= sqrt(N)); the DGM prediction is clipped to
@@ -56,7 +56,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from predictor.config import PredictorConfig
 from predictor.core.kernels.b_batch import sequential_vmap, tree_max, tree_min, tree_sum
-from predictor.core.kernels.b_fd import fd_solve, interp_uniform, solver_grid
+from predictor.core.kernels.b_fd import fd_solve, grid_frame, interp_uniform
 from predictor.core.kernels.b_net import dgm_train, init_params, optimizer, pde_residual
 from predictor.core.kernels.b_nw import nw_coefficients, nw_fit
 
@@ -77,13 +77,26 @@ DEFAULT_SEED = 0xB
 
 
 class BState(NamedTuple):
-    """Kernel B state: network, Adam state, threefry key (uint32[2]) and the
-    number of consecutive calls with ``dgm_entropy < COLLAPSE_GAMMA H[g]``."""
+    """Kernel B state.
+
+    Training: network ``params``, Adam ``opt_state``, threefry ``key``
+    (uint32[2]) and ``collapse_count``, the number of consecutive refits
+    with ``dgm_entropy < COLLAPSE_GAMMA H[g]``. Cache of the last refit, in
+    the z units of the refit's window: the solver grid ``centre`` and
+    ``half`` width (grid = centre + half linspace(-1, 1, G)), ``table`` =
+    u(0, grid) (the fd solution, or V(0, grid) for dgm), and the entropies
+    ``dgm_entropy`` and ``terminal_entropy`` (nats).
+    """
 
     params: Float[Array, " p"]
     opt_state: optax.OptState
     key: Array
     collapse_count: Int[Array, ""]
+    centre: Float[Array, ""]
+    half: Float[Array, ""]
+    table: Float[Array, " G"]
+    dgm_entropy: Float[Array, ""]
+    terminal_entropy: Float[Array, ""]
 
 
 class BAux(NamedTuple):
@@ -129,17 +142,29 @@ def init(cfg: PredictorConfig, key: Array | None = None) -> BState:
     """Cold state: V = x (predicts z_t), fresh Adam moments, counter 0.
 
     ``key`` (a threefry ``jax.random.PRNGKey``) defaults to ``PRNGKey(DEFAULT_SEED)``.
+    The cold cache spans [-Z_CLIP, Z_CLIP] with u(0, x) = x.
     """
     if key is None:
         key = jax.random.PRNGKey(DEFAULT_SEED)
     k_params, k_state = jax.random.split(key)
     params = init_params(k_params, cfg)
+    zero = jnp.zeros((), dtype=jnp.float64)
     return BState(
         params=params,
         opt_state=optimizer(cfg).init(params),
         key=k_state,
         collapse_count=jnp.zeros((), dtype=jnp.int32),
+        centre=zero,
+        half=jnp.asarray(Z_CLIP, jnp.float64),
+        table=Z_CLIP * jnp.linspace(-1.0, 1.0, cfg.fd_grid_size),
+        dgm_entropy=zero,
+        terminal_entropy=zero,
     )
+
+
+def collapse_warning(state: BState) -> Bool[Array, ""]:
+    """``mode_collapse_warning`` of the last refit (module doc)."""
+    return state.collapse_count > COLLAPSE_PATIENCE
 
 
 def update(
@@ -148,33 +173,88 @@ def update(
     cfg: PredictorConfig,
     train_steps: int | None = None,
 ) -> tuple[BState, Float[Array, ""], BAux]:
-    """One tick: fit b and sigma^2 on the window, solve, predict z_{t+1}.
+    """One tick of both rates: refit on the window, then forecast z_{t+1}.
 
     ``z``: the standardised window (length ``cfg.wtmm_buffer_size``, oldest
     first). ``cfg`` and ``train_steps`` (Adam steps this call, default
     ``cfg.dgm_train_steps``; 0 evaluates the current network) are static.
     Returns the new state, p_B = u(0, z_t) (z units) and ``BAux``.
     """
+    new_state, aux = refit(state, z, cfg, train_steps)
+    one = jnp.ones((), jnp.float64)
+    pred = forecast(new_state, jnp.asarray(z, jnp.float64)[-1], one, 0.0 * one, cfg)
+    return new_state, pred, aux
+
+
+def refit(
+    state: BState,
+    z: Float[Array, " N"],
+    cfg: PredictorConfig,
+    train_steps: int | None = None,
+) -> tuple[BState, BAux]:
+    """Slow rate: fit b and sigma^2 on the window, train or solve, cache u(0, .).
+
+    Arguments as in ``update``. Under ``vmap`` the items run one after
+    another (``sequential_vmap``), so a batched refit is bit-identical to
+    single ones.
+    """
     if z.shape != (cfg.wtmm_buffer_size,):
         raise ValueError(f"window shape {z.shape}, expected ({cfg.wtmm_buffer_size},)")
     steps = cfg.dgm_train_steps if train_steps is None else train_steps
 
-    def one(state: BState, z: Array) -> tuple[BState, Array, BAux]:
-        return _update_one(state, z, cfg, steps)
+    def one(state: BState, z: Array) -> tuple[BState, BAux]:
+        return _refit_one(state, z, cfg, steps)
 
-    # Bitwise batch invariance (see b_batch): the dgm update runs as a loop
-    # of unbatched updates under vmap; the fd update batches cleanly.
     run = sequential_vmap(one) if cfg.dgm_solver == "dgm" else one
-    out: tuple[BState, Array, BAux] = run(state, jnp.asarray(z, jnp.float64))
+    out: tuple[BState, BAux] = run(state, jnp.asarray(z, jnp.float64))
     return out
 
 
-def _update_one(
+def forecast(
+    state: BState,
+    z_t: Float[Array, ""],
+    gain: Float[Array, ""],
+    offset: Float[Array, ""],
+    cfg: PredictorConfig,
+) -> Float[Array, ""]:
+    """Fast rate: p_B in current z units from the tabulated solution, in drift form.
+
+    The refit tabulates u(0, .) on the solver grid (the fd solution, or the
+    trained network V(0, .)); a tick interpolates it linearly. On the
+    default grid (65 points over the window's padded range, spacing about
+    0.1 z units) the interpolation error of the smooth one-step solution is
+    far below the forecast's own error, and a tick costs a few operations
+    instead of a network evaluation.
+
+    The refit's window and the current one standardise differently:
+    ``z = offset + gain r`` maps the refit's units r to the current ones.
+    With ``x = (z_t - offset) / gain`` clamped to the refit's grid, ``x_c``,
+
+        p_B = z_t + gain (clip(u(0, x_c), lo, hi) - x_c),
+
+    i.e. the drift of the cached solution at the nearest point it knows is
+    added to the current value. Clamping the forecast itself instead would
+    pin it inside a stale range and, on a trending series, far from z_t.
+    At ``gain = 1, offset = 0`` (the refit's own window) this is
+    clip(u(0, z_t), lo, hi), the full recomputation's forecast.
+    """
+    x = (z_t - offset) / gain
+    x = jnp.clip(jnp.nan_to_num(x, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP), -Z_CLIP, Z_CLIP)
+    grid = state.centre + state.half * jnp.linspace(-1.0, 1.0, cfg.fd_grid_size)
+    lo, hi = grid[0], grid[-1]
+    xc = jnp.clip(x, lo, hi)
+    v = interp_uniform(xc, grid, state.table)
+    drift = jnp.clip(v, lo, hi) - xc
+    return z_t + gain * drift
+
+
+def _refit_one(
     state: BState, z: Float[Array, " N"], cfg: PredictorConfig, steps: int
-) -> tuple[BState, Float[Array, ""], BAux]:
+) -> tuple[BState, BAux]:
     z = jnp.clip(jnp.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP), -Z_CLIP, Z_CLIP)
     fit = nw_fit(z)
-    grid = solver_grid(z, cfg.fd_grid_size)
+    centre, half = grid_frame(z)
+    grid = centre + half * jnp.linspace(-1.0, 1.0, cfg.fd_grid_size)
     lo, hi = grid[0], grid[-1]
     key, sub = jax.random.split(state.key)
 
@@ -187,7 +267,6 @@ def _update_one(
     zero = jnp.zeros((), dtype=jnp.float64)
     if cfg.dgm_solver == "fd":
         u0 = fd_solve(grid, b[:-1], s2[:-1])
-        pred = interp_uniform(z[-1], grid, u0)
         residual, loss = zero, zero
     else:
         new_params, new_opt, loss = dgm_train(
@@ -199,10 +278,9 @@ def _update_one(
         params = jnp.where(ok, new_params, params)
         opt_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_opt, opt_state)
         loss = jnp.where(ok, loss, 0.0)
-        v, r = pde_residual(params, jnp.zeros_like(points), points, b, s2, cfg=cfg)
-        u0 = v[:-1]
-        pred = jnp.clip(v[-1], lo, hi)
-        residual = jnp.sqrt(tree_sum(r[:-1] * r[:-1]) * (1.0 / cfg.fd_grid_size))
+        v, r = pde_residual(params, jnp.zeros_like(grid), grid, b[:-1], s2[:-1], cfg=cfg)
+        u0 = v
+        residual = jnp.sqrt(tree_sum(r * r) * (1.0 / cfg.fd_grid_size))
         if steps == 0:
             loss = residual**2
     h_v = histogram_entropy(u0)
@@ -220,4 +298,5 @@ def _update_one(
         diffusion=s2[-1],
         bandwidth=fit.h,
     )
-    return BState(params, opt_state, key, count), pred, aux
+    new = BState(params, opt_state, key, count, centre, half, u0, h_v, h_g)
+    return new, aux

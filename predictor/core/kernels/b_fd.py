@@ -68,11 +68,17 @@ class Tridiagonal(NamedTuple):
     upper: Float[Array, " G"]
 
 
-def solver_grid(z: Float[Array, " N"], size: int) -> Float[Array, " G"]:
-    """``size`` uniform points over the padded range of ``z`` (z units)."""
+def grid_frame(z: Float[Array, " N"]) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Centre and half width of the padded range of ``z`` (z units)."""
     zmin, zmax = tree_min(z), tree_max(z)
     centre = 0.5 * (zmin + zmax)
     half = jnp.maximum(0.5 * (zmax - zmin), HALF_WIDTH_MIN) * (1.0 + PAD_FRAC)
+    return centre, half
+
+
+def solver_grid(z: Float[Array, " N"], size: int) -> Float[Array, " G"]:
+    """``size`` uniform points over the padded range of ``z`` (z units)."""
+    centre, half = grid_frame(z)
     return centre + half * jnp.linspace(-1.0, 1.0, size)
 
 

@@ -1,4 +1,4 @@
-"""SIA: the identification engine (MODEL.md, "SIA: identification").
+"""SIA: the identification engine (docs/model.md, "Identification").
 
 Pure, fixed-shape JAX functions with NamedTuple states:
 

@@ -3,7 +3,7 @@
 Per step, on the standardised residual ``u_t`` (dimensionless) and the
 residual kurtosis ``kappa_t``:
 
-* mean channels (two-sided Page test, MODEL.md):
+* mean channels (two-sided Page test, docs/model.md):
   ``G+ = max(0, G+ + u - k)``, ``G- = max(0, G- - u - k)``;
 * scale channel (added for the SIA issue's x3 variance-shift criterion,
   which the mean channels cannot meet: a zero-mean variance change moves

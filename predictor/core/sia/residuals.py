@@ -12,7 +12,7 @@ Per step, with ``e_t = r_t - yhat_{t|t-1}`` (units of the series):
 * ``u_t = e_t / s_{t-1}``: the residual standardised by the root mean square
   of the *previous* residuals in the ring buffer (the last N before e_t;
   ``u = 0`` until a non-zero residual has set a scale), capped at
-  ``|u| <= U_MAX``. This departs from MODEL.md's ``e_t / sigma_t`` on
+  ``|u| <= U_MAX``. This departs from docs/model.md's ``e_t / sigma_t`` on
   purpose: the EMA at alpha = 0.1 forgets in about 10 steps, so ``e_t / sigma``
   re-normalises itself after a variance change (simulated at the defaults,
   with or without the scale channel of ``cusum``: a x3 variance shift, even
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from predictor.config import PredictorConfig
+from predictor.core.numerics import tree_max, tree_sum
 
 #: Smallest volatility (units of e); keeps 1 / sigma finite.
 SIGMA_FLOOR = 1e-300
@@ -85,7 +86,7 @@ def residual_init(cfg: PredictorConfig) -> ResidualState:
 
 
 def _masked_scale(x: jax.Array, mask: jax.Array) -> jax.Array:
-    s = jnp.max(jnp.where(mask, jnp.abs(x), 0.0))
+    s = tree_max(jnp.where(mask, jnp.abs(x), 0.0))
     return jnp.where(s > 0.0, s, 1.0)
 
 
@@ -93,7 +94,8 @@ def buffer_rms(buffer: jax.Array, filled: jax.Array) -> jax.Array:
     """Root mean square ``sqrt(mean(e^2))`` of the first ``filled`` entries (0 if none)."""
     mask = jnp.arange(buffer.shape[-1]) < filled
     s = _masked_scale(buffer, mask)
-    ms = jnp.sum(jnp.where(mask, jnp.square(buffer / s), 0.0)) / jnp.maximum(filled, 1)
+    inv_s = 1.0 / s
+    ms = tree_sum(jnp.where(mask, jnp.square(buffer * inv_s), 0.0)) / jnp.maximum(filled, 1)
     return s * jnp.sqrt(ms)
 
 
@@ -106,15 +108,15 @@ def kurtosis(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """
     if mask is None:
         mask = jnp.ones(x.shape, dtype=bool)
-    count = jnp.sum(mask)
+    count = tree_sum(mask.astype(jnp.int64))
     s = _masked_scale(x, mask)
-    v = jnp.where(mask, x / s, 0.0)
-    nc = jnp.maximum(count, 1)
-    mu = jnp.sum(v) / nc
+    v = jnp.where(mask, x * (1.0 / s), 0.0)
+    inv_n = 1.0 / jnp.maximum(count, 1)
+    mu = tree_sum(v) * inv_n
     d = jnp.where(mask, v - mu, 0.0)
     d2 = d * d
-    m2 = jnp.sum(d2) / nc
-    m4 = jnp.sum(d2 * d2) / nc
+    m2 = tree_sum(d2) * inv_n
+    m4 = tree_sum(d2 * d2) * inv_n
     ok = (count >= KURTOSIS_MIN_COUNT) & (m2 > 1e-24)
     k = m4 / jnp.where(ok, m2 * m2, 1.0)
     return jnp.where(ok, jnp.clip(k, KURTOSIS_MIN, KURTOSIS_MAX), KURTOSIS_NEUTRAL)

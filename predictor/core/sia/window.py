@@ -77,3 +77,21 @@ def standardize(buf: jax.Array) -> jax.Array:
     floor = STD_REL_FLOOR * (tree_max(jnp.abs(buf)) / c / s)
     den = jnp.maximum(jnp.maximum(sd, floor), _TINY)
     return d * (1.0 / den)
+
+
+def standardize_frame(buf: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(z, mean, den)`` with ``z = standardize(buf)`` and ``z ~ (y - mean) / den``.
+
+    ``mean`` and ``den`` (units of ``buf``) are the frame in which ``z`` is
+    expressed: the mean of ``window_stats`` and the floored deviation that
+    ``standardize`` divides by. A fit cached in one window's z units maps to
+    another window's by ``z_new = (mean_old - mean_new) / den_new
+    + (den_old / den_new) z_old``.
+    """
+    w, s, mu, c = _relative(buf)
+    d = w - mu
+    sd = jnp.sqrt(_mean(jnp.square(d)))
+    floor = STD_REL_FLOOR * (tree_max(jnp.abs(buf)) / c / s)
+    den = jnp.maximum(jnp.maximum(sd, floor), _TINY)
+    z = d * (1.0 / den)
+    return z, c * (buf[0] / c + s * mu), c * (s * den)

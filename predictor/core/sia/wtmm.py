@@ -1,6 +1,6 @@
 """Hölder exponent of a window by the wavelet-transform modulus-maxima method.
 
-Pipeline (Muzy, Bacry & Arneodo 1993; MODEL.md "SIA: identification"), for a
+Pipeline (Muzy, Bacry & Arneodo 1993; docs/model.md "Identification"), for a
 window ``z`` of N samples (unit: samples of the series):
 
 1. **CWT by FFT.** ``W(a, b) = sum_t x(t) psi_a(t - b)`` with

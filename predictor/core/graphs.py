@@ -1,0 +1,202 @@
+"""Compiled graphs of the two-rate step, on packed rows.
+
+Every graph takes and returns flat rows (``predictor.core.packing``): the
+fast part and the fit part of the state, the observations as ``obs_f``
+(``[y, ref]``, float64) and ``obs_i`` (``ts``, int64), ``now`` (int64 ns)
+and the sensitivities as two rows. A call then has a handful of arguments
+and outputs whatever the size of the state, which is what makes a tick
+cheap to dispatch.
+
+Graphs, per layout (``layout_config``) and signature depth:
+
+* ``tick``: one asset's fast rate; outputs the new fast rows and the
+  output rows. ``tick_batch``: the same under ``vmap`` over assets.
+* ``refit``: one asset's refit; outputs the new fit rows.
+  ``refit_batch``: a ``lax.map`` over assets of ``lax.cond(refit_due, refit,
+  keep)``, the due flag read from each asset's last output, so that no
+  host round trip decides which assets refit, and an asset that is not
+  due costs one iteration of a loop. Mapping (not vmapping) keeps each
+  refit the unbatched computation (bit-identical to single refits) and
+  skips work that a vmapped ``cond`` would do for every lane.
+* ``before`` / ``before_batch`` (``refit_timing = "before"``): gate and
+  advance, the due refits, then the forecasts, in one call.
+* ``scan``: ``lax.scan`` of ``step.step`` over a series (``fit_history``).
+
+Nothing is donated: a caller's old state stays valid (the functions are
+pure), and rows of a few kilobytes cost little to reallocate. The daemon's
+table donates its own stacked rows to its scatter.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from predictor.config import PredictorConfig
+from predictor.core import rates
+from predictor.core import step as core
+from predictor.core.gate import REJECT_NONE
+from predictor.core.packing import Packer, Rows
+from predictor.core.params import Params, params_from_config
+from predictor.core.state import AssetState, FastState, FitState, Obs, StepOutput
+
+
+class Packers(NamedTuple):
+    """The packers of one layout: fast state, fit state, output, sensitivities."""
+
+    fast: Packer[FastState]
+    fit: Packer[FitState]
+    out: Packer[StepOutput]
+    params: Packer[Params]
+
+
+@functools.cache
+def packers(layout: PredictorConfig) -> Packers:
+    """Packers of ``layout``'s state (templates built on the host, nothing compiled)."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = core.init_state(layout)
+        return Packers(
+            Packer(state.fast),
+            Packer(state.fit),
+            Packer(state.fast.last_output),
+            Packer(params_from_config(layout)),
+        )
+
+
+def _where(pred: jax.Array, a: Rows, b: Rows) -> Rows:
+    return Rows(jnp.where(pred, a.f, b.f), jnp.where(pred, a.i, b.i))
+
+
+def _obs(obs_f: jax.Array, obs_i: jax.Array) -> Obs:
+    return Obs(obs_f[..., 0], obs_f[..., 1], obs_i)
+
+
+def _state(p: Packers, fast: Rows, fit: Rows) -> AssetState:
+    return AssetState(p.fast.unpack(fast), p.fit.unpack(fit))
+
+
+Graph = Callable[..., Any]
+
+
+def build(layout: PredictorConfig, depth: int, kind: str) -> Graph:
+    """The jitted graph ``kind`` of ``layout`` at signature ``depth`` (see module doc)."""
+    p = packers(layout)
+    cfg = layout
+
+    def params_of(pf: jax.Array, pi: jax.Array) -> Params:
+        return p.params.unpack(Rows(pf, pi))
+
+    def tick_rows(
+        fast: Rows, fit: Rows, obs_f: jax.Array, obs_i: jax.Array, now: jax.Array, params: Params
+    ) -> tuple[Rows, Rows]:
+        state = _state(p, fast, fit)
+        reason, new, out = core.accept(state, _obs(obs_f, obs_i), now, params, cfg, depth)
+        rejected = reason != REJECT_NONE
+        old = core.rejected_state(state.fast, reason)
+        return (
+            _where(rejected, p.fast.pack(old), p.fast.pack(new)),
+            _where(rejected, p.out.pack(old.last_output), p.out.pack(out)),
+        )
+
+    def refit_rows(fast: Rows, fit: Rows) -> Rows:
+        return p.fit.pack(rates.refit(_state(p, fast, fit), cfg, depth))
+
+    def refit_due(fast: Rows, fit: Rows) -> Rows:
+        state = _state(p, fast, fit)
+        return p.fit.pack(rates.refit_if(state.fast.last_output.refit_due, state, cfg, depth))
+
+    def before_rows(
+        fast: Rows, fit: Rows, obs_f: jax.Array, obs_i: jax.Array, now: jax.Array, params: Params
+    ) -> tuple[Rows, Rows, Rows]:
+        state = _state(p, fast, fit)
+        new, out = rates.step(state, _obs(obs_f, obs_i), now, params, cfg, depth)
+        return p.fast.pack(new.fast), p.fit.pack(new.fit), p.out.pack(out)
+
+    if kind == "tick":
+
+        def tick(fast: Rows, fit: Rows, obs_f: Any, obs_i: Any, now: Any, pf: Any, pi: Any) -> Any:
+            return tick_rows(fast, fit, obs_f, obs_i, now, params_of(pf, pi))
+
+        return jax.jit(tick)
+    if kind == "tick_batch":
+
+        def tick_batch(
+            fast: Rows, fit: Rows, obs_f: Any, obs_i: Any, now: Any, pf: Any, pi: Any
+        ) -> Any:
+            params = params_of(pf, pi)
+            run = jax.vmap(tick_rows, in_axes=(0, 0, 0, 0, None, None))
+            return run(fast, fit, obs_f, obs_i, now, params)
+
+        return jax.jit(tick_batch)
+    if kind == "refit":
+        return jax.jit(refit_rows)
+    if kind == "refit_batch":
+
+        def refit_batch(fast: Rows, fit: Rows) -> Rows:
+            return jax.lax.map(lambda x: refit_due(*x), (fast, fit))  # type: ignore[no-any-return]
+
+        return jax.jit(refit_batch)
+    if kind == "before":
+
+        def before(
+            fast: Rows, fit: Rows, obs_f: Any, obs_i: Any, now: Any, pf: Any, pi: Any
+        ) -> Any:
+            return before_rows(fast, fit, obs_f, obs_i, now, params_of(pf, pi))
+
+        return jax.jit(before)
+    if kind == "before_batch":
+        return jax.jit(_before_batch(p, cfg, depth, params_of))
+    if kind == "scan":
+        return jax.jit(_scan(p, cfg, depth, params_of))
+    raise ValueError(f"unknown graph kind {kind!r}")
+
+
+def _before_batch(
+    p: Packers, cfg: PredictorConfig, depth: int, params_of: Callable[..., Params]
+) -> Graph:
+    """``"before"`` timing for a batch: vmapped halves around a mapped refit."""
+
+    def run(fast: Rows, fit: Rows, obs_f: Any, obs_i: Any, now: Any, pf: Any, pi: Any) -> Any:
+        params = params_of(pf, pi)
+        state = jax.vmap(lambda f, g: _state(p, f, g))(fast, fit)
+        obs = _obs(obs_f, obs_i)
+        begun = jax.vmap(lambda s, o: rates.begin(s, o, now, params, cfg))(state, obs)
+
+        def one(x: tuple[Any, ...]) -> FitState:
+            due, advanced, old_fit = x
+            return rates.refit_if(due, AssetState(advanced, old_fit), cfg, depth)
+
+        fits = jax.lax.map(one, (begun.due, begun.advanced, state.fit))
+        new, out = jax.vmap(lambda f, b, g: rates.end(f, b, g, params, cfg, depth))(
+            state.fast, begun, fits
+        )
+        return p.fast.pack(new), p.fit.pack(fits), p.out.pack(out)
+
+    return run
+
+
+def _scan(p: Packers, cfg: PredictorConfig, depth: int, params_of: Callable[..., Params]) -> Graph:
+    """``lax.scan`` of both rates over a series, ``now`` = each tick's timestamp."""
+
+    def run(fast: Rows, fit: Rows, ys: Any, refs: Any, ts: Any, pf: Any, pi: Any) -> Any:
+        params = params_of(pf, pi)
+
+        def body(s: AssetState, x: tuple[jax.Array, ...]) -> tuple[AssetState, Rows]:
+            y, r, t = x
+            new, out = rates.step(s, Obs(y, r, t), t, params, cfg, depth)
+            return new, p.out.pack(out)
+
+        final, outs = jax.lax.scan(body, _state(p, fast, fit), (ys, refs, ts))
+        return p.fast.pack(final.fast), p.fit.pack(final.fit), outs
+
+    return run
+
+
+def obs_rows(y: Any, ref: Any, ts: Any) -> tuple[jax.Array, jax.Array]:
+    """``(obs_f, obs_i)`` rows of observations (scalars or equal-length vectors)."""
+    obs_f = jnp.stack([jnp.asarray(y, jnp.float64), jnp.asarray(ref, jnp.float64)], axis=-1)
+    return obs_f, jnp.asarray(ts, jnp.int64)
