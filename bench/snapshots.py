@@ -14,7 +14,17 @@ For the daemon's stacked state of ``n`` assets (the shipped config's
 * load: read, verify the checksum and decode into a fresh template.
 
 Medians over repetitions (the first, which warms allocations, is dropped);
-the ratio submit / sync is the figure issue 7 asks for (target < 0.25).
+the ratio submit / sync is the figure that matters (target < 0.25).
+
+    .venv/bin/python -m bench.snapshots --scale 100000
+
+measures instead one table of ``n`` live assets of the real per-asset state
+(capacity ``n * 5 / 4``, the rest free), each phase in a fresh process so
+that its peak RSS is its own: the save (host copy of the live rows, records
+streamed into the file) and the load (verification, then the rows restored
+into the template's layout, as jax arrays and, with ``host=True``, as numpy
+arrays). The file must grow with the live rows only,
+and the load's peak must stay near one copy of the restored state.
 """
 
 from __future__ import annotations
@@ -24,21 +34,24 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
 
 import predictor.core  # noqa: F401  (float64)
-from bench.accuracy import log
+from predictor.api import UniversalPredictor
 from predictor.config import PredictorConfig
 from predictor.core.functional import FunctionalPredictor
-from predictor.core.predictor import UniversalPredictor
 from predictor.snapshots import (
     AsyncSnapshotWriter,
     SnapshotStore,
@@ -46,7 +59,13 @@ from predictor.snapshots import (
     load_snapshot,
     make_asset_batch,
     restore_assets,
+    save_snapshot,
 )
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout carries the markdown tables)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _median_s(fn: Callable[[], object], reps: int) -> float:
@@ -123,10 +142,123 @@ def _row(name: str, mb: float, sync_s: float, submit_s: float, load_s: float) ->
     ]
 
 
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _scale_table(n: int) -> tuple[Any, Any]:
+    """(stacked host state of capacity n * 5 / 4 with n distinct live rows, template)."""
+    import jax
+
+    template = FunctionalPredictor(PredictorConfig(), warmup=False).init_state()
+    one = jax.device_get(template)
+    capacity = n + n // 4
+
+    def stack(x: Any) -> Any:
+        out = np.empty((capacity, *np.shape(x)), np.asarray(x).dtype)
+        out[:] = x
+        if out.dtype.kind == "f":
+            out[:n] += np.arange(n, dtype=out.dtype).reshape((n,) + (1,) * (out.ndim - 1))
+        return out
+
+    return jax.tree.map(stack, one), template
+
+
+def scale_phase(phase: str, n: int, path: Path) -> dict[str, float]:
+    """One phase of ``--scale`` in this process: seconds, peak RSS (MB), sizes."""
+    cfg = PredictorConfig()
+    if phase == "save":
+        state, _ = _scale_table(n)
+        state_mb = sum(np.asarray(x).nbytes for x in jax_leaves(state)) / 1e6
+        before = _rss_mb()
+        t0 = time.perf_counter()
+        ids = [f"ASSET{i:06d}" for i in range(n)]
+        seq = np.arange(n, dtype=np.int64)
+        batch = make_asset_batch(state, ids, seq=seq, last_ts_ns=seq + 1)
+        payload = build_payload(
+            config=cfg,
+            global_state={},
+            telemetry={},
+            flags={},
+            kernels=dict.fromkeys("ABCD"),
+            assets=batch,
+        )
+        save_snapshot(path, payload)
+        return {
+            "seconds": time.perf_counter() - t0,
+            "table_mb": state_mb,
+            "file_mb": path.stat().st_size / 1e6,
+            "rss_before_mb": before,
+            "peak_rss_mb": _rss_mb(),
+        }
+    _, template = _scale_table(1)
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    payload = load_snapshot(path, cfg.schema_version)
+    batch = restore_assets(payload, template, host=phase == "load-host")
+    seconds = time.perf_counter() - t0
+    restored = sum(np.asarray(x).nbytes for x in jax_leaves(batch.state)) / 1e6
+    return {
+        "seconds": seconds,
+        "restored_mb": restored,
+        "rss_before_mb": before,
+        "peak_rss_mb": _rss_mb(),
+    }
+
+
+def jax_leaves(tree: Any) -> list[Any]:
+    import jax
+
+    return list(jax.tree.leaves(tree))
+
+
+def _scale(n: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-snapshots-") as tmp:
+        path = Path(tmp) / "scale.snapshot"
+        out = {}
+        for phase in ("save", "load", "load-host"):
+            log(f"snapshots: {n} assets, {phase}")
+            argv = ["--phase", phase, "--scale", str(n), "--path", str(path)]
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.snapshots", *argv],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            out[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+    s, ld, lh = out["save"], out["load"], out["load-host"]
+    print(f"## Snapshot of {n:,} assets (real per-asset state)\n")
+    print("| phase | seconds | MB | peak RSS (MB) | RSS before (MB) |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| save | {s['seconds']:.2f} | file {s['file_mb']:.0f} (table {s['table_mb']:.0f}) "
+        f"| {s['peak_rss_mb']:.0f} | {s['rss_before_mb']:.0f} |"
+    )
+    print(
+        f"| load | {ld['seconds']:.2f} | restored {ld['restored_mb']:.0f} "
+        f"| {ld['peak_rss_mb']:.0f} | {ld['rss_before_mb']:.0f} |"
+    )
+    print(
+        f"| load, host=True | {lh['seconds']:.2f} | restored {lh['restored_mb']:.0f} "
+        f"| {lh['peak_rss_mb']:.0f} | {lh['rss_before_mb']:.0f} |"
+    )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes")
+    parser.add_argument("--scale", type=int, default=0, help="one table of N live assets")
+    parser.add_argument("--phase", choices=["save", "load", "load-host"], help=argparse.SUPPRESS)
+    parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase is not None:
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+        print(json.dumps(scale_phase(args.phase, args.scale, args.path)))
+        return
+    if args.scale:
+        _scale(args.scale)
+        return
     # stdout carries the markdown: the library's log lines go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     reps = 3 if args.quick else 7

@@ -84,7 +84,13 @@ def echo_handler(request: Request, cred: PeerCred) -> Future[dict[str, Any]]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[AdminServer, RecordingLog]]:
     log = RecordingLog()
-    srv = AdminServer(tmp_path / "admin.sock", echo_handler, log=log, idle_timeout_s=1.0)  # type: ignore[arg-type]
+    srv = AdminServer(
+        tmp_path / "admin.sock",
+        echo_handler,  # type: ignore[arg-type]
+        log=log,  # type: ignore[arg-type]
+        idle_timeout_s=1.0,
+        request_timeout_s=1.0,
+    )
     srv.start()
     yield srv, log
     srv.close()
@@ -131,6 +137,10 @@ def ask(path: Path, request: Any) -> dict[str, Any]:
         (b'{"cmd": "shed", "level": true}', "'auto' or an integer"),
         (b'{"cmd": "reload", "reinit": "yes"}', "true or false"),
         (b'{"cmd": "snapshot", "path": 3}', "non-empty string"),
+        (b'{"cmd": "snapshot", "path": "../../../../tmp/x"}', "leaves the snapshot directory"),
+        (b'{"cmd": "snapshot", "path": "a/../../x"}', "leaves the snapshot directory"),
+        (b'{"cmd": "snapshot", "path": "."}', "leaves the snapshot directory"),
+        (b"[" * 50_000, "nested too deeply"),
         (b"x" * (MAX_REQUEST_BYTES + 1), "too large"),
     ],
 )
@@ -143,6 +153,7 @@ def test_parse_request_accepts_each_command() -> None:
     for line, cmd in [
         (b'{"cmd": "status"}', "status"),
         (b'{"cmd": "snapshot", "path": "/tmp/x"}', "snapshot"),
+        (b'{"cmd": "snapshot", "path": "a/../b.snapshot"}', "snapshot"),
         (b'{"cmd": "reload", "reinit": true}', "reload"),
         (b'{"cmd": "vram"}', "vram"),
         (b'{"cmd": "assets"}', "assets"),
@@ -349,9 +360,48 @@ def test_half_written_request_neither_blocks_others_nor_lives_forever(
         slow.sendall(b'{"cmd": "sta')
         for _ in range(5):
             assert ask(srv.path, {"cmd": "assets"})["ok"] is True
-        slow.settimeout(10)
-        assert slow.recv(10) == b""  # idle timeout (1 s in this fixture)
+        (reply,) = read_lines(slow, 1)  # request deadline (1 s in this fixture)
+        assert reply["ok"] is False and "not completed within 1 s" in reply["error"]
+        assert slow.recv(10) == b""
+    assert log.events("admin_request_timeout")
+
+
+def test_idle_connection_is_closed_without_a_reply(
+    server: tuple[AdminServer, RecordingLog],
+) -> None:
+    srv, log = server
+    with connect(srv.path) as idle:
+        assert idle.recv(10) == b""  # idle deadline (1 s in this fixture)
     assert log.events("admin_idle_closed")
+
+
+def test_trickled_bytes_do_not_extend_the_request_deadline(
+    server: tuple[AdminServer, RecordingLog],
+) -> None:
+    """One byte every 0.1 s forever: answered and closed at the 1 s deadline all the same."""
+    srv, _ = server
+    with connect(srv.path) as slow:
+        slow.setblocking(False)
+        got = b""
+        deadline = time.monotonic() + 30
+        while b"\n" not in got and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+                slow.send(b" ")
+            if select.select([slow], [], [], 0.1)[0]:
+                got += slow.recv(4096)
+        reply = json.loads(got.split(b"\n")[0])
+    assert reply["ok"] is False and "not completed within" in reply["error"]
+
+
+def test_deeply_nested_request_is_answered_and_the_connection_kept(
+    server: tuple[AdminServer, RecordingLog],
+) -> None:
+    srv, _ = server
+    with connect(srv.path) as s:
+        s.sendall(b"[" * 50_000 + b"\n" + b'{"cmd": "status"}\n')
+        first, second = read_lines(s, 2)
+    assert first["ok"] is False and "nested too deeply" in first["error"]
+    assert second["ok"] is True
 
 
 def test_fifty_concurrent_clients(server: tuple[AdminServer, RecordingLog]) -> None:
@@ -378,19 +428,132 @@ def test_fifty_concurrent_clients(server: tuple[AdminServer, RecordingLog]) -> N
     assert srv.served >= 1000
 
 
+def _busy(path: Path, seconds: float) -> socket.socket:
+    """A connection whose request is being handled for ``seconds`` (not evictable)."""
+    s = connect(path)
+    s.sendall(json.dumps({"cmd": "snapshot", "path": f"delay:{seconds}"}).encode() + b"\n")
+    return s
+
+
+def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_too_many_clients_are_told_so(tmp_path: Path) -> None:
     log = RecordingLog()
     srv = AdminServer(tmp_path / "a.sock", echo_handler, log=log, max_clients=2)  # type: ignore[arg-type]
     srv.start()
     try:
-        held = [connect(srv.path), connect(srv.path)]
-        for s in held:  # make sure both are accepted before the third
-            s.sendall(b'{"cmd": "status"}\n')
-            assert read_lines(s, 1)[0]["ok"] is True
-        reply = ask(srv.path, {"cmd": "status"})
-        assert reply == {"ok": False, "error": "too many admin clients"}
+        held = [_busy(srv.path, 30), _busy(srv.path, 30)]
+        _wait_for(lambda: len(srv._conns) == 2 and all(c.busy for c in srv._conns.values()))
+        with connect(srv.path) as late:
+            # A client slowed down between connect and write (a busy machine)
+            # still writes its request, then reads the refusal: no EPIPE.
+            time.sleep(0.5)
+            late.sendall(b'{"cmd": "status"}\n')
+            assert read_lines(late, 1) == [{"ok": False, "error": "too many admin clients"}]
+            assert late.recv(10) == b""
         for s in held:
             s.close()
+    finally:
+        srv.close()
+
+
+def test_connections_per_uid_are_bounded_with_a_reason(tmp_path: Path) -> None:
+    srv = AdminServer(tmp_path / "u.sock", echo_handler, log=RecordingLog(), max_per_uid=2)  # type: ignore[arg-type]
+    srv.start()
+    try:
+        held = [_busy(srv.path, 30), _busy(srv.path, 30)]
+        _wait_for(lambda: len(srv._conns) == 2 and all(c.busy for c in srv._conns.values()))
+        reply = ask(srv.path, {"cmd": "status"})
+        assert reply == {
+            "ok": False,
+            "error": f"too many admin connections for uid {os.geteuid()} (limit 2)",
+        }
+        for s in held:
+            s.close()
+    finally:
+        srv.close()
+
+
+def test_slow_and_silent_connections_yield_to_a_client_with_a_request(tmp_path: Path) -> None:
+    """Every slot held by slowloris or silent clients: a real client is still served."""
+    log = RecordingLog()
+    srv = AdminServer(
+        tmp_path / "s.sock",
+        echo_handler,  # type: ignore[arg-type]
+        log=log,  # type: ignore[arg-type]
+        max_clients=8,
+        max_per_uid=8,
+    )
+    srv.start()
+    stop = threading.Event()
+    attackers: list[socket.socket] = []
+
+    def slowloris() -> None:
+        # Half send a byte every 0.2 s, half say nothing; each reconnects at once
+        # when the server closes it, so that every slot stays taken.
+        while not stop.is_set():
+            for i, s in enumerate(attackers):
+                try:
+                    if select.select([s], [], [], 0)[0]:
+                        s.recv(65536)  # a reply or EOF: evicted or timed out
+                        raise ConnectionResetError
+                    s.send(b"{" if i % 2 else b"")
+                except OSError:
+                    s.close()
+                    attackers[i] = connect(srv.path)
+            stop.wait(0.2)
+
+    try:
+        attackers += [connect(srv.path) for _ in range(8)]
+        _wait_for(lambda: len(srv._conns) == 8)
+        time.sleep(0.2)  # older than the eviction grace (0.05 s)
+        thread = threading.Thread(target=slowloris, daemon=True)
+        thread.start()
+        for _ in range(10):
+            _wait_for(lambda: len(srv._conns) == 8)  # every slot taken again
+            time.sleep(0.1)
+            reply = ask(srv.path, {"cmd": "status"})
+            assert reply["ok"] is True, reply
+        stop.set()
+        thread.join(10)
+        assert srv.evicted >= 1  # at least the first request found every slot taken
+        assert log.events("admin_evicted")
+    finally:
+        stop.set()
+        for s in attackers:
+            s.close()
+        srv.close()
+
+
+def test_connection_lifetime_is_bounded(tmp_path: Path) -> None:
+    srv = AdminServer(
+        tmp_path / "t.sock",
+        echo_handler,  # type: ignore[arg-type]
+        log=RecordingLog(),  # type: ignore[arg-type]
+        max_connection_s=1.0,
+    )
+    srv.start()
+    try:
+        with connect(srv.path) as s:
+            served = 0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    s.sendall(b'{"cmd": "status"}\n')
+                    replies = read_lines(s, 1)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                if not replies:
+                    break
+                assert replies[0]["ok"] is True
+                served += 1
+                time.sleep(0.05)
+            assert served >= 1 and time.monotonic() < deadline
     finally:
         srv.close()
 

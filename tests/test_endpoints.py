@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,9 @@ import pytest
 import zmq
 
 from predictor.ipc.endpoints import (
+    HARD_LIMIT_FACTOR,
     Endpoints,
+    Message,
     admin_socket_path,
     bound_endpoint,
     check_endpoint,
@@ -23,6 +28,7 @@ from predictor.ipc.endpoints import (
     ipc_path,
     make_pub,
     make_pull,
+    recv_message,
     runtime_dir,
 )
 from predictor.ipc.wire import decode_prediction, decode_ticks, encode_rejection, encode_tick
@@ -104,37 +110,117 @@ def _drain(sock: zmq.Socket[bytes], want: int, timeout_s: float) -> list[bytes]:
 
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
-def test_oversized_message_dropped_later_ones_arrive(
+def test_oversized_messages_are_counted_and_cost_no_other_tick(
     transport: str, short_dir: Path, ctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
+    """2,000 valid ticks with oversized messages among them on ONE connection: none lost."""
     limit = 1024
     pull = make_pull(ctx, _endpoint(transport, short_dir), max_msg_size=limit, rcvhwm=1000)
+    assert pull.getsockopt(zmq.MAXMSGSIZE) == HARD_LIMIT_FACTOR * limit
+    assert pull.getsockopt(zmq.RCVHWM) == 1000 and pull.getsockopt(zmq.LINGER) == 0
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(bound_endpoint(pull))
+
+    def feed(sock: zmq.Socket[bytes]) -> None:
+        # A thread: the queues hold ~1,000 messages each way, so the receiver
+        # must drain while the feeder streams (as the daemon does).
+        for i in range(2000):
+            if i % 50 == 25:
+                sock.send(b"\x00" * (4 * limit))  # over the tick limit, under the hard bound
+            sock.send(encode_tick("A", float(i), i + 1))
+        sock.send(b"\x01" * limit)  # exactly at the limit: delivered
+
+    feeder = threading.Thread(target=feed, args=(push,), daemon=True)
+    feeder.start()
+    sent_big = 40
+    ticks, too_large, edge = [], 0, None
+    deadline = time.monotonic() + 60
+    while edge is None and time.monotonic() < deadline:
+        if not pull.poll(100):
+            continue
+        msg = recv_message(pull, limit)
+        if msg.too_large:
+            too_large += 1
+            assert msg.data is None and msg.size == 4 * limit
+        elif msg.data is not None and msg.data.startswith(b"\x01"):
+            edge = msg.data
+        else:
+            assert msg.data is not None
+            ticks.append(decode_ticks(msg.data)[0][0].ts)
+    assert ticks == list(range(1, 2001)) and too_large == sent_big == 40
+    assert edge == b"\x01" * limit
+    feeder.join(60)
+    with pytest.raises(zmq.Again):
+        recv_message(pull, limit)
+    push.close()
+    pull.close()
+
+
+def test_multipart_message_is_reported_and_drained(
+    short_dir: Path, ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    pull = make_pull(ctx, ipc_endpoint(short_dir / "m.sock"))
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(bound_endpoint(pull))
+    push.send_multipart([b"ab", b"cde"])
+    push.send(encode_tick("A", 1.0, 1))
+    assert pull.poll(10_000)
+    assert recv_message(pull, 1024) == Message(None, 5, 2, False)
+    assert pull.poll(10_000)
+    assert recv_message(pull, 1024).data == encode_tick("A", 1.0, 1)
+    push.close()
+    pull.close()
+
+
+def test_ipc_socket_files_are_0660_whatever_the_umask(
+    short_dir: Path, ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    old = os.umask(0o027)  # systemd's UMask=0027 would give 0750
+    try:
+        pull = make_pull(ctx, ipc_endpoint(short_dir / "t.sock"))
+        pub = make_pub(ctx, ipc_endpoint(short_dir / "p.sock"))
+        narrow = make_pull(ctx, ipc_endpoint(short_dir / "n.sock"), ipc_mode=None)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((short_dir / "t.sock").stat().st_mode) == 0o660
+    assert stat.S_IMODE((short_dir / "p.sock").stat().st_mode) == 0o660
+    assert stat.S_IMODE((short_dir / "n.sock").stat().st_mode) == 0o750
+    for s in (pull, pub, narrow):
+        s.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_a_feeder_of_the_socket_group_can_connect_under_umask_0027(
+    short_dir: Path, ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Another uid in the socket's group sends a tick through the 0660 socket."""
+    gid = 4242
+    os.chmod(short_dir, 0o750)
+    os.chown(short_dir, -1, gid)
+    old = os.umask(0o027)
+    try:
+        pull = make_pull(ctx, ipc_endpoint(short_dir / "t.sock"))
+    finally:
+        os.umask(old)
+    os.chown(short_dir / "t.sock", -1, gid)
     endpoint = bound_endpoint(pull)
-    assert pull.getsockopt(zmq.MAXMSGSIZE) == limit
-    assert pull.getsockopt(zmq.RCVHWM) == 1000
-    assert pull.getsockopt(zmq.LINGER) == 0
-
-    bad = ctx.socket(zmq.PUSH)
-    bad.setsockopt(zmq.LINGER, 0)
-    bad.connect(endpoint)
-    bad.send(b"\x00" * (4 * limit))
-    # Give libzmq time to read the oversized header and reset that connection.
-    assert _drain(pull, 1, 0.5) == []
-
-    good = ctx.socket(zmq.PUSH)
-    good.setsockopt(zmq.LINGER, 0)
-    good.connect(endpoint)
-    msgs = [encode_tick("A", float(i), i + 1) for i in range(20)]
-    edge = b"\x01" * limit  # exactly at the limit: delivered
-    for m in [*msgs, edge]:
-        good.send(m)
-    got = _drain(pull, len(msgs) + 1, 10.0)
-    assert got == [*msgs, edge]
-    assert _drain(pull, 1, 0.3) == []  # the oversized one never shows up
-    ticks = [decode_ticks(m)[0][0] for m in got[:-1]]
-    assert [t.ts for t in ticks] == list(range(1, 21))
-    bad.close()
-    good.close()
+    feeder = (
+        "import zmq, sys; c = zmq.Context(); s = c.socket(zmq.PUSH); s.connect(sys.argv[1]);"
+        "s.send(b'tick', copy=True); s.close(linger=5000); c.term()"
+    )
+    cmd = ["setpriv", "--reuid=4343", "--regid", str(gid), "--clear-groups"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [*cmd, sys.executable, "-c", feeder, endpoint],
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert pull.poll(30_000) and pull.recv() == b"tick"
     pull.close()
 
 

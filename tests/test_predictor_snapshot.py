@@ -17,8 +17,8 @@ import msgpack
 import numpy as np
 import pytest
 
+from predictor.api import UniversalPredictor
 from predictor.config import PredictorConfig
-from predictor.core.predictor import UniversalPredictor
 from predictor.core.types import ProcessState
 from predictor.errors import IntegrityError
 from predictor.snapshots import LayoutMismatchError, load_snapshot
@@ -42,7 +42,7 @@ _WORKER = textwrap.dedent(
     """
     import sys, msgpack, numpy as np
     import predictor.core
-    from predictor.core.predictor import UniversalPredictor
+    from predictor.api import UniversalPredictor
     from predictor.core.types import ProcessState
     from predictor.errors import DomainError
     from tests.test_predictor_snapshot import _series, _step_all

@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,3 +317,65 @@ def test_other_process_never_sees_a_torn_record(name: str) -> None:
 
 def test_record_size_holds_payload() -> None:
     assert RECORD_SIZE % 64 == 0 and HEADER_SIZE % 8 == 0
+
+
+WRITER = """
+import sys, time
+from predictor.ipc.shm import LatestWriter
+w = LatestWriter(sys.argv[1], 4)
+w.write(0, "A", seq=1, ts=2, predicted_next=0.0, predicted_value=0.0, interval_lower=0.0,
+        interval_upper=0.0, holder_exponent=0.5, cusum_drift=0.0, kurtosis=3.0,
+        weights=(0.25, 0.25, 0.25, 0.25), mode=0)
+print("ready", flush=True)
+while True:
+    w.heartbeat()
+    time.sleep(0.05)
+"""
+
+
+def test_reader_reports_a_sigkilled_writer_dead_and_its_data_stale(name: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, name], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with LatestReader(name) as reader:
+            live = reader.writer_status(max_age_s=60.0)
+            assert live.pid == proc.pid and live.pid_alive is True
+            assert live.alive and not live.stale and live.state == "live"
+            assert live.heartbeat_age_s is not None and live.heartbeat_age_s < 60.0
+            proc.kill()
+            proc.wait(timeout=30)
+            # The crashed writer left the segment marked live with its records...
+            assert reader.get("A") is not None
+            # ...but the reader sees that nobody writes it any more.
+            dead = reader.writer_status(max_age_s=60.0)
+            assert dead.pid_alive is False and not dead.alive and dead.stale
+            # Without the pid check (another pid namespace), the heartbeat tells.
+            age_then = reader.writer_status(check_pid=False).heartbeat_age_s
+            assert age_then is not None
+            time.sleep(0.3)
+            blind = reader.writer_status(max_age_s=age_then + 0.2, check_pid=False)
+            assert blind.pid_alive is None and blind.stale
+            assert blind.heartbeat_age_s is not None and blind.heartbeat_age_s > age_then + 0.2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_reused_pid_or_zombie_is_not_the_writer() -> None:
+    from predictor.ipc.liveness import process_alive, process_start_ticks
+
+    me = os.getpid()
+    start = process_start_ticks(me)
+    assert start is not None and process_alive(me, start) is True
+    assert process_alive(me, start + 1) is False  # same pid, another process
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # exited, not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break
+        time.sleep(0.01)
+    assert process_alive(child.pid) is False
+    child.wait()
+    assert process_alive(child.pid) is False

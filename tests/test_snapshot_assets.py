@@ -1,7 +1,9 @@
-"""Multi-asset section: one file, stacked arrays as single blobs, validated metadata."""
+"""Multi-asset section: live rows only, in index and data records, validated metadata."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from predictor.snapshots import (
+    HostAssets,
     LayoutMismatchError,
     MalformedSnapshotError,
     build_payload,
@@ -19,6 +22,7 @@ from predictor.snapshots import (
     restore_assets,
     unpack,
 )
+from predictor.snapshots.container import KIND_DATA, KIND_INDEX, RecordReader, RecordWriter
 
 SCHEMA = "1.0"
 
@@ -61,25 +65,48 @@ def test_assets_round_trip_with_free_slots() -> None:
     assert back.ids == ("EURUSD", "BTC-USD", "ES") and back.capacity == 8
     assert back.slots.tolist() == [6, 0, 3] and back.seq.dtype == np.int64
     assert back.seq.tolist() == [5, 0, 7] and back.last_ts_ns.tolist() == [10, 20, 30]
-    assert np.asarray(back.state.buf).tobytes() == np.asarray(state.buf).tobytes()
+    live, free = np.array([6, 0, 3]), np.array([1, 2, 4, 5, 7])
+    assert np.asarray(back.state.buf)[live].tobytes() == np.asarray(state.buf)[live].tobytes()
     np.testing.assert_array_equal(
-        jax.random.key_data(back.state.key), jax.random.key_data(state.key)
+        jax.random.key_data(back.state.key)[live], jax.random.key_data(state.key)[live]
     )
+    # Free slots are not stored: they come back as the template (a fresh state).
+    assert not np.asarray(back.state.buf)[free].any()
+    assert not np.asarray(back.state.count)[free].any()
+    fresh = jax.random.key_data(template().key)
+    assert (np.asarray(jax.random.key_data(back.state.key))[free] == fresh).all()
 
 
-def test_each_stacked_leaf_is_one_blob() -> None:
-    section = payload_with(
-        make_asset_batch(
-            stacked(50),
-            [f"a{i}" for i in range(50)],
-            seq=np.zeros(50, np.int64),
-            last_ts_ns=np.zeros(50, np.int64),
+def test_only_live_rows_are_copied_and_written() -> None:
+    def file_size(capacity: int, n: int) -> int:
+        batch = make_asset_batch(
+            stacked(capacity),
+            [f"a{i}" for i in range(n)],
+            seq=np.zeros(n, np.int64),
+            last_ts_ns=np.zeros(n, np.int64),
         )
-    )["assets"]
-    raw = msgpack.unpackb(msgpack.packb(section), raw=False)
-    fields = raw["state"]["fields"]
-    assert fields["buf"]["shape"] == [50, 16] and len(fields["buf"]["data"]) == 50 * 16 * 8
-    assert fields["key"]["data"]["shape"] == [50, 2]
+        section = payload_with(batch)["assets"]
+        assert isinstance(section, HostAssets)
+        assert [d.shape for d in section.data] == [(n, 16), (n,), (n, 2)]
+        return len(pack(payload_with(batch)))
+
+    row = 16 * 8 + 8 + 2 * 4
+    # Free slots cost nothing (the capacity's own msgpack integer aside).
+    assert abs(file_size(400, 50) - file_size(50, 50)) <= 8
+    # Each extra live asset adds its row, its id and 24 bytes of counters.
+    grown = file_size(400, 150) - file_size(400, 50)
+    assert 100 * (row + 24) < grown <= 100 * (row + 24 + 6)
+
+
+def reframe(data: bytes, edit: Callable[[int, bytes], bytes]) -> bytes:
+    """The file's records re-hashed after ``edit(kind, payload)``: valid digests."""
+    reader = RecordReader(io.BytesIO(data), source="t", max_record_bytes=1 << 30)
+    writer = RecordWriter()
+    out = [writer.preamble()]
+    while not reader.ended:
+        kind, payload = reader.next()
+        out += [bytes(c) for c in writer.record(kind, [edit(kind, payload)])]
+    return b"".join(out) + writer.trailer()
 
 
 def test_stored_capacity_must_match_every_leaf_and_the_template() -> None:
@@ -117,11 +144,41 @@ def test_inconsistent_slot_axis_is_refused() -> None:
         make_asset_batch(bad, [], seq=[], last_ts_ns=[])
 
 
-def test_tampered_metadata_with_valid_checksum_is_malformed() -> None:
-    payload = payload_with(make_asset_batch(stacked(4), ["a", "b"], seq=[1, 2], last_ts_ns=[3, 4]))
-    payload["assets"]["slots"]["data"] = np.array([3, 3], dtype=np.int64).tobytes()
+def test_tampered_index_with_valid_digests_is_malformed() -> None:
+    data = pack(
+        payload_with(make_asset_batch(stacked(4), ["a", "b"], seq=[1, 2], last_ts_ns=[3, 4]))
+    )
+
+    def edit_index(change: dict[str, Any]) -> Callable[[int, bytes], bytes]:
+        def edit(kind: int, payload: bytes) -> bytes:
+            if kind != KIND_INDEX:
+                return payload
+            node = msgpack.unpackb(payload, raw=False)
+            node.update(change)
+            return bytes(msgpack.packb(node, use_bin_type=True))
+
+        return edit
+
+    same_slots = reframe(data, edit_index({"slots": np.array([3, 3], np.int64).tobytes()}))
     with pytest.raises(MalformedSnapshotError, match="slots must be unique"):
-        restore_assets(unpack(pack(payload), SCHEMA), template())
-    payload["assets"]["ids"] = ["a"]
-    with pytest.raises(MalformedSnapshotError, match=r"expected int64\[1\]"):
-        restore_assets(unpack(pack(payload), SCHEMA), template())
+        unpack(same_slots, SCHEMA)
+    short = reframe(data, edit_index({"seq": np.array([1], np.int64).tobytes()}))
+    with pytest.raises(MalformedSnapshotError, match=r"expected int64\[2\]"):
+        unpack(short, SCHEMA)
+
+    def cut_data(kind: int, payload: bytes) -> bytes:
+        return payload[:-8] if kind == KIND_DATA else payload
+
+    with pytest.raises(MalformedSnapshotError, match="data record of"):
+        unpack(reframe(data, cut_data), SCHEMA)
+
+
+def test_host_restore_keeps_numpy_leaves_with_the_same_bits() -> None:
+    state = stacked(8)
+    batch = make_asset_batch(state, ["a", "b"], seq=[1, 2], last_ts_ns=[3, 4])
+    payload = unpack(pack(payload_with(batch)), SCHEMA)
+    on_device = restore_assets(payload, template())
+    on_host = restore_assets(payload, template(), host=True)
+    assert isinstance(on_host.state.buf, np.ndarray) and isinstance(on_device.state.buf, jax.Array)
+    assert on_host.state.buf.tobytes() == np.asarray(on_device.state.buf).tobytes()
+    assert on_host.state.count.tobytes() == np.asarray(on_device.state.count).tobytes()

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -312,23 +313,62 @@ def snapshot_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_file_layout_is_msgpack_then_hex_sha256(snapshot_file: Path) -> None:
+def parse_records(data: bytes) -> list[tuple[int, bytes]]:
+    """Independent reader of the documented format: (kind, payload) per record."""
+    assert data[:8] == b"\xc1PSNAP\r\n"
+    assert struct.unpack_from("<I", data, 8)[0] == 2
+    assert struct.unpack_from("<I", data, 12)[0] == zlib.crc32(data[:12])
+    digest = hashlib.sha256(data[:16]).digest()
+    off, records = 16, []
+    while True:
+        kind, _, _, number, length = struct.unpack_from("<BBHIQ", data, off)
+        assert struct.unpack_from("<I", data, off + 16)[0] == zlib.crc32(data[off : off + 16])
+        assert number == len(records)
+        header, payload = data[off : off + 20], data[off + 20 : off + 20 + length]
+        digest = hashlib.sha256(digest + header + payload).digest()
+        assert data[off + 20 + length : off + 52 + length] == digest
+        records.append((kind, payload))
+        off += 52 + length
+        if kind == 4:
+            break
+    assert data[off:] == digest.hex().encode()
+    return records
+
+
+def test_file_layout_is_hashed_records_then_hex_sha256(snapshot_file: Path) -> None:
     data = snapshot_file.read_bytes()
-    body, trailer = data[:-CHECKSUM_LEN], data[-CHECKSUM_LEN:]
-    assert trailer.decode("ascii") == hashlib.sha256(body).hexdigest()
-    assert msgpack.unpackb(body, raw=False)["schema_version"] == SCHEMA
+    records = parse_records(data)
+    assert [k for k, _ in records] == [1, 4]  # META, END: no assets section
+    meta = msgpack.unpackb(records[0][1], raw=False)
+    assert meta["schema_version"] == SCHEMA and "assets" not in meta
+    assert msgpack.unpackb(records[1][1]) == {"records": 1}
     assert_bit_equal(
         restore_sections(load_snapshot(snapshot_file, SCHEMA), {"global": make_state(0)})["global"],
         make_state(7),
     )
 
 
+def test_format_one_files_are_still_read(tmp_path: Path) -> None:
+    """A file of the previous format (msgpack body + hex SHA-256) loads bit-exactly."""
+    payload = payload_of(make_state(3))
+    body = msgpack.packb(payload, use_bin_type=True)
+    old = tmp_path / "old.msgpack"
+    old.write_bytes(body + hashlib.sha256(body).hexdigest().encode())
+    got = restore_sections(load_snapshot(old, SCHEMA), {"global": make_state(0)})["global"]
+    assert_bit_equal(got, make_state(3))
+    flipped = bytearray(old.read_bytes())
+    flipped[len(flipped) // 3] ^= 4
+    old.write_bytes(bytes(flipped))
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        load_snapshot(old, SCHEMA)
+
+
 def test_every_single_bit_flip_is_detected(snapshot_file: Path, tmp_path: Path) -> None:
     data = snapshot_file.read_bytes()
     rng = random.Random(20240607)
-    positions = rng.sample(range(len(data) * 8), 200)
-    # Make sure the trailer and the first bytes (msgpack headers) are hit too.
-    positions[:3] = [0, (len(data) - 1) * 8 + 2, (len(data) - CHECKSUM_LEN) * 8 + 5]
+    positions = rng.sample(range(len(data) * 8), 300)
+    # The preamble, a record header, a digest and the trailer are hit too.
+    positions[:4] = [0, 13 * 8 + 1, (16 + 9) * 8 + 3, (len(data) - 1) * 8 + 2]
     damaged = tmp_path / "damaged.msgpack"
     kinds: dict[str, int] = {}
     for bit in positions:
@@ -338,17 +378,21 @@ def test_every_single_bit_flip_is_detected(snapshot_file: Path, tmp_path: Path) 
         with pytest.raises(IntegrityError) as info:
             load_snapshot(damaged, SCHEMA)
         kinds[type(info.value).__name__] = kinds.get(type(info.value).__name__, 0) + 1
-    print(f"200 bit flips in a {len(data)}-byte snapshot refused as {kinds}")
-    assert kinds.get("IntegrityError", 0) >= 150
+        assert "checksum mismatch" in str(info.value) or "truncated" in str(info.value)
+    print(f"300 bit flips in a {len(data)}-byte snapshot refused as {kinds}")
 
 
 def test_truncated_file_is_refused_as_truncated(snapshot_file: Path, tmp_path: Path) -> None:
     data = snapshot_file.read_bytes()
     cut = tmp_path / "cut.msgpack"
-    for keep in (len(data) - 1, len(data) - 30, len(data) - CHECKSUM_LEN, len(data) // 2, 10):
+    cuts = {1, 10, 16, 20, 36, len(data) // 2, len(data) - CHECKSUM_LEN, len(data) - 1}
+    for keep in sorted(cuts | set(random.Random(3).sample(range(1, len(data)), 40))):
         cut.write_bytes(data[:keep])
         with pytest.raises(SnapshotTruncatedError, match="truncated"):
             load_snapshot(cut, SCHEMA)
+    cut.write_bytes(data + b"\n")
+    with pytest.raises(IntegrityError, match="after the trailer"):
+        load_snapshot(cut, SCHEMA)
 
 
 def test_empty_file_is_refused_as_empty(tmp_path: Path) -> None:
@@ -371,8 +415,12 @@ def test_too_large_file_is_refused_before_reading(tmp_path: Path, snapshot_file:
     huge = tmp_path / "huge.msgpack"
     with huge.open("wb") as fh:  # sparse: 1 GiB + 1 byte without using the disk
         fh.truncate((1 << 30) + 1)
+    # Not a format-2 file: read whole as format 1, which is bounded at 1 GiB.
     with pytest.raises(SnapshotTooLargeError, match="exceeds the limit of 1073741824 bytes"):
         load_snapshot(huge, SCHEMA)
+    # A format-2 record above the per-record bound is refused before it is read.
+    with pytest.raises(SnapshotTooLargeError, match="per record"):
+        load_snapshot(snapshot_file, SCHEMA, limits=Limits(max_record_bytes=64))
     small = Limits(max_bytes=snapshot_file.stat().st_size - 1)
     with pytest.raises(SnapshotTooLargeError):
         load_snapshot(snapshot_file, SCHEMA, limits=small)
@@ -385,7 +433,7 @@ def test_valid_checksum_over_garbage_is_malformed_not_loaded(tmp_path: Path) -> 
         return body + hashlib.sha256(body).hexdigest().encode()
 
     with pytest.raises(MalformedSnapshotError, match="msgpack invalid"):
-        unpack(sealed(b"\xc1" * 10), SCHEMA)
+        unpack(sealed(b"\x92\xc1" * 10), SCHEMA)
     with pytest.raises(MalformedSnapshotError, match="missing"):
         unpack(sealed(msgpack.packb({"schema_version": SCHEMA})), SCHEMA)
     # Extension types (msgpack timestamps included) are not allowed.

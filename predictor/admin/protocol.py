@@ -8,13 +8,17 @@ One request per line, one reply per line, in order::
 Arguments per command (anything else is refused with the reason):
 
 * ``snapshot``: ``path`` (optional string; relative paths are resolved
-  against the daemon's snapshot directory);
+  against the daemon's snapshot directory and may not leave it: a ``..``
+  that climbs out is refused here, a symbolic link that leads out by
+  ``predictor.snapshots.resolve_snapshot_path``);
 * ``reload``: ``reinit`` (optional bool, default false);
 * ``shed``: ``level``, ``"auto"`` or an int signature depth of the ladder;
 * ``status``, ``vram``, ``assets``, ``drain``: none.
 
 A request line is at most ``MAX_REQUEST_BYTES`` bytes (newline excluded).
-Replies are JSON with NaN and infinities turned into ``null``.
+Every request that cannot be parsed is answered with a reason (invalid
+UTF-8, invalid JSON, nesting too deep, wrong types). Replies are JSON with
+NaN and infinities turned into ``null``.
 
 Peer check (``peer_allowed``): the credentials of the connecting process
 (``SO_PEERCRED``: pid, uid, gid) are accepted when the uid is the daemon's
@@ -84,6 +88,8 @@ def parse_request(line: bytes) -> Request:
         raise ProtocolError(f"request is not UTF-8: {exc.reason}") from exc
     except ValueError as exc:
         raise ProtocolError(f"request is not JSON: {exc}") from exc
+    except RecursionError as exc:  # e.g. 50,000 nested '[': no request nests like that
+        raise ProtocolError("request is not JSON: nested too deeply") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")
     cmd = obj.get("cmd")
@@ -104,6 +110,12 @@ def _check_args(cmd: str, args: Mapping[str, Any]) -> None:
         path = args["path"]
         if not isinstance(path, str) or not path or "\0" in path:
             raise ProtocolError("snapshot: 'path' must be a non-empty string")
+        if not os.path.isabs(path):
+            lexical = os.path.normpath(path)
+            if lexical in (".", "..") or lexical.startswith(".." + os.sep):
+                raise ProtocolError(
+                    f"snapshot: relative path {path[:80]!r} leaves the snapshot directory"
+                )
     if cmd == "reload" and "reinit" in args and not isinstance(args["reinit"], bool):
         raise ProtocolError("reload: 'reinit' must be true or false")
     if cmd == "shed":

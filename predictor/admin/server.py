@@ -11,11 +11,16 @@ completes (from any thread; a wake-up pipe tells the selector).
 
 Per connection, requests are answered one at a time in order. Limits: a
 request line longer than ``MAX_REQUEST_BYTES`` is answered with an error
-and the connection closed; at most ``max_clients`` connections (others are
-told so and closed); a connection idle for ``idle_timeout_s`` with no
-request in progress is closed (half-written requests cannot pin a slot
-forever); a client that does not read its replies is dropped once
-``max_output_bytes`` are pending. One client's garbage never affects another.
+and the connection closed; every line that does not parse is answered with
+the reason; absolute deadlines per request and per connection, at most
+``max_per_uid`` connections per peer uid and ``max_clients`` in all, with
+unproductive connections yielding to newcomers (``connections``: a flood of
+slow or silent clients cannot lock out a client that sends its request at
+once); a client that does not read its replies is dropped once
+``max_output_bytes`` are pending. A refused client gets a reply saying why,
+and its socket stays open (half-closed) for a short while so that a request
+it is still writing does not fail with EPIPE before it reads the reply. One
+client's garbage never affects another.
 
 Two ways to run it: ``start()`` serves from its own thread; ``start(
 thread=False)`` leaves the serving to the caller, who polls ``fileno()``
@@ -32,6 +37,7 @@ when one is configured.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import selectors
 import socket
@@ -45,6 +51,13 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from predictor.admin.connections import (
+    Conn,
+    ConnectionLimits,
+    Lingering,
+    admission,
+    close_quietly,
+)
 from predictor.admin.protocol import (
     MAX_REQUEST_BYTES,
     PeerCred,
@@ -63,35 +76,8 @@ SOCKET_MODE = 0o660
 _RECV = 65536
 #: Events (and accepted connections) served per ``poll_once`` in loop mode.
 MAX_EVENTS_PER_POLL = 16
-
-
-class _Conn:
-    """One client connection's buffers and state."""
-
-    __slots__ = (
-        "busy",
-        "closing",
-        "closing_after_error",
-        "cred",
-        "id",
-        "inbuf",
-        "last_active",
-        "lines",
-        "outbuf",
-        "sock",
-    )
-
-    def __init__(self, cid: int, sock: socket.socket, cred: PeerCred) -> None:
-        self.id = cid
-        self.sock = sock
-        self.cred = cred
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.lines: deque[bytes | None] = deque()  # None: an oversized request
-        self.closing_after_error = False
-        self.busy = False
-        self.closing = False
-        self.last_active = time.monotonic()
+#: Seconds between two sweeps of the deadlines.
+SWEEP_INTERVAL_S = 0.05
 
 
 class AdminServer:
@@ -106,19 +92,35 @@ class AdminServer:
         own_uid: int | None = None,
         admin_gid: int | None = None,
         mode: int = SOCKET_MODE,
-        max_clients: int = 128,
-        idle_timeout_s: float = 30.0,
+        max_clients: int | None = None,
+        idle_timeout_s: float | None = None,
         max_output_bytes: int = 16 << 20,
         groups_of: Callable[[int], frozenset[int]] | None = None,
+        limits: ConnectionLimits | None = None,
+        max_per_uid: int | None = None,
+        request_timeout_s: float | None = None,
+        max_connection_s: float | None = None,
     ) -> None:
+        """``limits`` gives every bound; the keyword bounds override its fields."""
+        base = limits if limits is not None else ConnectionLimits()
+        overrides: dict[str, Any] = {
+            "max_clients": max_clients,
+            "idle_timeout_s": idle_timeout_s,
+            "max_per_uid": max_per_uid,
+            "request_timeout_s": request_timeout_s,
+            "max_connection_s": max_connection_s,
+        }
+        self.limits = dataclasses.replace(
+            base, **{k: v for k, v in overrides.items() if v is not None}
+        )
         self.path = Path(path)
         self.handler = handler
         self.log = log
         self.own_uid = os.geteuid() if own_uid is None else own_uid
         self.admin_gid = admin_gid
         self.mode = mode
-        self.max_clients = max_clients
-        self.idle_timeout_s = idle_timeout_s
+        self.max_clients = self.limits.max_clients
+        self.idle_timeout_s = self.limits.idle_timeout_s
         self.max_output_bytes = max_output_bytes
         self._groups_of = groups_of
         self._sel = selectors.DefaultSelector()
@@ -127,15 +129,19 @@ class AdminServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._done: deque[tuple[int, dict[str, Any]]] = deque()
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, Conn] = {}
         self._next_id = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
         self._max_events = MAX_EVENTS_PER_POLL
         self._inode: int | None = None
+        self._lingering = Lingering(self._sel, self.limits.max_lingering)
+        self._next_sweep = 0.0
         self.served = 0
         self.refused = 0
+        self.evicted = 0
+        self.timed_out = 0
         self.bad_requests = 0
 
     # --- lifecycle -------------------------------------------------------------
@@ -180,11 +186,14 @@ class AdminServer:
                 self._event(key, events)
             except Exception as exc:  # one connection's failure stays its own
                 self.log.error("admin_connection_error", error=repr(exc))
-                conn = key.data if isinstance(key.data, _Conn) else None
+                conn = key.data if isinstance(key.data, Conn) else None
                 if conn is not None:
                     self._drop(conn)
         self._flush_done()
-        self._expire_idle()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL_S
+            self._sweep(now)
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush pending replies (up to ``timeout`` s), stop, unlink the socket."""
@@ -204,6 +213,7 @@ class AdminServer:
                 self.poll_once(0.05)
         for conn in list(self._conns.values()):
             self._drop(conn)
+        self._lingering.close_all()
         if self._listener is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(self._listener)
@@ -250,8 +260,10 @@ class AdminServer:
             with contextlib.suppress(BlockingIOError):
                 while self._wake_r.recv(4096):
                     pass
+        elif key.data == "linger":
+            self._lingering.readable(key.fileobj)  # type: ignore[arg-type]
         else:
-            conn: _Conn = key.data
+            conn: Conn = key.data
             if events & selectors.EVENT_WRITE:
                 self._send(conn)
             if events & selectors.EVENT_READ and conn.id in self._conns:
@@ -286,22 +298,51 @@ class AdminServer:
                     peer_gid=cred.gid,
                     reason="not the daemon's user, root or the admin group",
                 )
-                with contextlib.suppress(OSError):
-                    sock.send(encode_reply(error("permission denied")))
-                sock.close()
+                self._retire(sock, error("permission denied"))
                 continue
-            if len(self._conns) >= self.max_clients:
-                with contextlib.suppress(OSError):
-                    sock.send(encode_reply(error("too many admin clients")))
-                sock.close()
-                self.log.warning("admin_too_many_clients", limit=self.max_clients)
+            refusal = self._make_room(cred)
+            if refusal is not None:
+                self.refused += 1
+                self.log.warning("admin_too_many_clients", peer_uid=cred.uid, reason=refusal)
+                self._retire(sock, error(refusal))
                 continue
             self._next_id += 1
-            conn = _Conn(self._next_id, sock, cred)
+            conn = Conn(self._next_id, sock, cred, time.monotonic())
             self._conns[conn.id] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _read(self, conn: _Conn) -> None:
+    def _make_room(self, cred: PeerCred) -> str | None:
+        """Evict for a newcomer where a bound is reached; the refusal reason if none can go."""
+        while True:
+            victim, refusal = admission(list(self._conns.values()), cred, self.limits)
+            if victim is None:
+                return refusal
+            self._evict(victim)
+
+    def _evict(self, conn: Conn) -> None:
+        self.evicted += 1
+        self.log.info("admin_evicted", peer_pid=conn.cred.pid, peer_uid=conn.cred.uid)
+        partial = conn.request_started is not None
+        reply = error("connection closed: the admin connection limit was reached")
+        self._release(conn, reply if partial else None)
+
+    def _release(self, conn: Conn, reply: dict[str, Any] | None) -> None:
+        """Forget ``conn`` now; answer ``reply`` (if any) and let the socket linger."""
+        if self._conns.pop(conn.id, None) is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        self._retire(conn.sock, reply)
+
+    def _retire(self, sock: socket.socket, reply: dict[str, Any] | None) -> None:
+        """Send ``reply`` (best effort), half-close and keep ``sock`` until the peer closes."""
+        with contextlib.suppress(OSError):
+            if reply is not None:
+                sock.send(encode_reply(reply))
+            sock.shutdown(socket.SHUT_WR)
+        self._lingering.add(sock, time.monotonic() + self.limits.linger_s)
+
+    def _read(self, conn: Conn) -> None:
         try:
             data = conn.sock.recv(_RECV)
         except (BlockingIOError, InterruptedError):
@@ -316,8 +357,9 @@ class AdminServer:
             self._update_interest(conn)
             self._maybe_close(conn)
             return
-        conn.last_active = time.monotonic()
+        had_partial = bool(conn.inbuf)
         conn.inbuf += data
+        before = len(conn.lines)
         while True:
             nl = conn.inbuf.find(b"\n")
             if nl < 0:
@@ -331,9 +373,10 @@ class AdminServer:
             self.bad_requests += 1
             conn.inbuf.clear()
             conn.lines.append(None)
+        conn.received(had_partial, len(conn.lines) - before, time.monotonic())
         self._dispatch(conn)
 
-    def _dispatch(self, conn: _Conn) -> None:
+    def _dispatch(self, conn: Conn) -> None:
         if conn.id not in self._conns:
             return
         while not conn.busy and conn.lines and not conn.closing_after_error:
@@ -348,6 +391,10 @@ class AdminServer:
             except ProtocolError as exc:
                 self.bad_requests += 1
                 self._reply(conn, error(str(exc)))
+                continue
+            except Exception as exc:  # every line gets a reply, whatever breaks the parser
+                self.bad_requests += 1
+                self._reply(conn, error(f"bad request: {type(exc).__name__}"))
                 continue
             conn.busy = True
             try:
@@ -376,7 +423,8 @@ class AdminServer:
             self._dispatch(conn)
             self._maybe_close(conn)
 
-    def _reply(self, conn: _Conn, reply: dict[str, Any]) -> None:
+    def _reply(self, conn: Conn, reply: dict[str, Any]) -> None:
+        conn.idle_since = time.monotonic()
         conn.outbuf += encode_reply(reply)
         if len(conn.outbuf) > self.max_output_bytes:
             self.log.warning("admin_client_not_reading", peer_pid=conn.cred.pid)
@@ -384,7 +432,7 @@ class AdminServer:
             return
         self._send(conn)
 
-    def _send(self, conn: _Conn) -> None:
+    def _send(self, conn: Conn) -> None:
         if conn.outbuf:
             try:
                 sent = conn.sock.send(conn.outbuf)
@@ -397,7 +445,7 @@ class AdminServer:
         self._update_interest(conn)
         self._maybe_close(conn)
 
-    def _update_interest(self, conn: _Conn) -> None:
+    def _update_interest(self, conn: Conn) -> None:
         if conn.id not in self._conns:
             return
         mask = 0 if conn.closing else selectors.EVENT_READ
@@ -417,26 +465,36 @@ class AdminServer:
         else:
             self._sel.register(conn.sock, mask, conn)
 
-    def _maybe_close(self, conn: _Conn) -> None:
+    def _maybe_close(self, conn: Conn) -> None:
         if conn.closing and not conn.outbuf and not conn.busy and not conn.lines:
             self._drop(conn)
 
-    def _expire_idle(self) -> None:
-        now = time.monotonic()
+    def _sweep(self, now: float) -> None:
+        """Apply the deadlines (``connections``) to every connection and lingering socket."""
+        lim = self.limits
         for conn in list(self._conns.values()):
-            if not conn.busy and not conn.outbuf and now - conn.last_active > self.idle_timeout_s:
+            if not conn.quiet() or conn.id not in self._conns:
+                continue
+            started = conn.request_started
+            if started is not None and now - started > lim.request_timeout_s:
+                self.timed_out += 1
+                self.bad_requests += 1
+                self.log.info("admin_request_timeout", peer_pid=conn.cred.pid)
+                reason = f"request not completed within {lim.request_timeout_s:g} s"
+                self._release(conn, error(reason))
+            elif now - conn.accepted > lim.max_connection_s:
+                self.timed_out += 1
+                self.log.info("admin_connection_expired", peer_pid=conn.cred.pid)
+                reason = f"connection older than {lim.max_connection_s:g} s"
+                self._release(conn, error(reason) if started is not None else None)
+            elif started is None and now - conn.idle_since > lim.idle_timeout_s:
                 self.log.info("admin_idle_closed", peer_pid=conn.cred.pid)
-                self._drop(conn)
+                self._release(conn, None)
+        self._lingering.expire(now)
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: Conn) -> None:
         if self._conns.pop(conn.id, None) is None:
             return
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
-        # Unread input makes the kernel reset the peer, which may then lose
-        # the last reply: discard what is waiting before closing.
-        with contextlib.suppress(OSError):
-            for _ in range(64):
-                if not conn.sock.recv(_RECV):
-                    break
-        conn.sock.close()
+        close_quietly(conn.sock)

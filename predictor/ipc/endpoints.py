@@ -8,14 +8,34 @@ Default endpoints in that directory: ``ipc://<rundir>/ticks.sock`` (PULL),
 ``ipc://<rundir>/predictions.sock`` (PUB) and the admin Unix socket
 ``<rundir>/admin.sock``. ``predictorctl`` finds the admin socket by the same
 rule, with ``$PREDICTOR_ADMIN_SOCKET`` taking precedence.
+
+Socket files: libzmq creates an ``ipc://`` socket file with the process
+umask (0750 under systemd's ``UMask=0027``: a feeder in the socket's group
+could not connect, since connecting needs write permission). ``make_pull``
+and ``make_pub`` set the mode explicitly after binding, 0660 by default
+(owner and group read and write, like the admin socket).
+
+Oversized messages: libzmq's ``ZMQ_MAXMSGSIZE`` drops the sender's whole
+connection, losing the valid ticks queued behind the oversized one. So the
+tick limit is applied by the application: ``make_pull`` sets
+``ZMQ_MAXMSGSIZE`` only to a hard bound far above it (``hard_max_msg_size``,
+default ``HARD_LIMIT_FACTOR`` times the tick limit), and ``recv_message``
+discards a message above the tick limit after receiving it, reporting it so
+that the intake counts it as ``too_large``; the connection and every other
+tick on it are kept. Worst case buffered in libzmq per connected feeder:
+``rcvhwm`` messages of at most the hard bound (plus the kernel's socket
+buffer); only a message above the hard bound still costs its sender the
+connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import zmq
 
@@ -25,6 +45,11 @@ RUNTIME_ENV = "RUNTIME_DIRECTORY"
 ADMIN_SOCKET_ENV = "PREDICTOR_ADMIN_SOCKET"
 DEFAULT_RUNDIR = Path("run")
 RUNDIR_MODE = 0o750
+
+#: Mode of the ipc socket files (connecting needs write permission).
+IPC_SOCKET_MODE = 0o660
+#: ``ZMQ_MAXMSGSIZE`` = this many times the tick limit, unless given.
+HARD_LIMIT_FACTOR = 16
 
 TICKS_SOCK = "ticks.sock"
 PREDICTIONS_SOCK = "predictions.sock"
@@ -119,24 +144,31 @@ def make_pull(
     endpoint: str,
     *,
     max_msg_size: int = MAX_FRAME_BYTES,
+    hard_max_msg_size: int | None = None,
     rcvhwm: int = 100_000,
     linger_ms: int = 0,
     bind: bool = True,
+    ipc_mode: int | None = IPC_SOCKET_MODE,
 ) -> zmq.Socket[bytes]:
     """PULL socket for ticks, bound (or connected) to ``endpoint``.
 
-    ``max_msg_size`` (bytes, default the wire's ``MAX_FRAME_BYTES``) sets
-    ``ZMQ_MAXMSGSIZE``: a peer sending a larger message is disconnected by
-    libzmq and the message never reaches the application. ``rcvhwm`` bounds
-    the queued messages per peer; ``linger_ms`` is how long close waits for
-    undelivered messages (0: drop them).
+    ``max_msg_size`` (bytes, default the wire's ``MAX_FRAME_BYTES``) is the
+    tick limit that ``recv_message`` applies (see the module docstring);
+    ``ZMQ_MAXMSGSIZE`` is ``hard_max_msg_size`` (default ``HARD_LIMIT_FACTOR
+    * max_msg_size``; -1: none). ``rcvhwm`` bounds the queued messages per
+    peer; ``linger_ms`` is how long close waits for undelivered messages (0:
+    drop them); ``ipc_mode`` is the mode of a bound ipc socket file (None:
+    leave libzmq's).
     """
+    hard = HARD_LIMIT_FACTOR * max_msg_size if hard_max_msg_size is None else hard_max_msg_size
+    if hard != -1 and hard < max_msg_size:
+        raise ValueError(f"hard_max_msg_size {hard} is below max_msg_size {max_msg_size}")
     sock = ctx.socket(zmq.PULL)
     try:
-        sock.setsockopt(zmq.MAXMSGSIZE, int(max_msg_size))
+        sock.setsockopt(zmq.MAXMSGSIZE, int(hard))
         sock.setsockopt(zmq.RCVHWM, int(rcvhwm))
         sock.setsockopt(zmq.LINGER, int(linger_ms))
-        _attach(sock, check_endpoint(endpoint), bind)
+        _attach(sock, check_endpoint(endpoint), bind, ipc_mode)
     except BaseException:
         sock.close(linger=0)
         raise
@@ -150,22 +182,55 @@ def make_pub(
     sndhwm: int = 100_000,
     linger_ms: int = 1000,
     bind: bool = True,
+    ipc_mode: int | None = IPC_SOCKET_MODE,
 ) -> zmq.Socket[bytes]:
     """PUB socket for predictions, bound (or connected) to ``endpoint``.
 
     ``sndhwm`` bounds the queued messages per subscriber (PUB drops beyond it,
     so a slow subscriber never blocks the loop); ``linger_ms`` lets queued
-    predictions flush at shutdown.
+    predictions flush at shutdown; ``ipc_mode`` as for ``make_pull``.
     """
     sock = ctx.socket(zmq.PUB)
     try:
         sock.setsockopt(zmq.SNDHWM, int(sndhwm))
         sock.setsockopt(zmq.LINGER, int(linger_ms))
-        _attach(sock, check_endpoint(endpoint), bind)
+        _attach(sock, check_endpoint(endpoint), bind, ipc_mode)
     except BaseException:
         sock.close(linger=0)
         raise
     return sock
+
+
+class Message(NamedTuple):
+    """One received tick message: ``data`` None when it was discarded.
+
+    ``size`` is the bytes of all its frames, ``parts`` their count;
+    ``too_large`` says a single-frame message exceeded the tick limit.
+    """
+
+    data: bytes | None
+    size: int
+    parts: int
+    too_large: bool
+
+
+def recv_message(sock: zmq.Socket[bytes], max_bytes: int, flags: int = zmq.NOBLOCK) -> Message:
+    """Receive one whole message; keep its bytes only if it is one frame within ``max_bytes``.
+
+    Raises ``zmq.Again`` when nothing waits (with ``NOBLOCK``). A discarded
+    message is dropped at once: it never costs the connection or the ticks
+    queued behind it.
+    """
+    frame = sock.recv(flags)
+    size, parts = len(frame), 1
+    while sock.getsockopt(zmq.RCVMORE):
+        size += len(sock.recv())
+        parts += 1
+    if parts > 1:
+        return Message(None, size, parts, False)
+    if size > max_bytes:
+        return Message(None, size, 1, True)
+    return Message(frame, size, 1, False)
 
 
 def bound_endpoint(sock: zmq.Socket[bytes]) -> str:
@@ -174,8 +239,16 @@ def bound_endpoint(sock: zmq.Socket[bytes]) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _attach(sock: zmq.Socket[bytes], endpoint: str, bind: bool) -> None:
-    if bind:
-        sock.bind(endpoint)
-    else:
+def _attach(sock: zmq.Socket[bytes], endpoint: str, bind: bool, ipc_mode: int | None) -> None:
+    if not bind:
         sock.connect(endpoint)
+        return
+    sock.bind(endpoint)
+    path = ipc_path(bound_endpoint(sock))
+    if path is not None and ipc_mode is not None:
+        try:
+            os.chmod(path, ipc_mode)
+        except BaseException:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.unbind(endpoint)
+            raise

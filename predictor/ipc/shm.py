@@ -11,7 +11,8 @@ are both little-endian)::
       0  magic "PRDLATV1"      8  version u16     10 header size u16
       12 record size u32       16 capacity u32    20 state u32 (1 live, 2 retired)
       24 generation u64        32 slots used u32  36 writer pid u32
-      40 created (Unix ns) u64
+      40 created (Unix ns) u64 48 heartbeat u64 (CLOCK_MONOTONIC ns, 0: none)
+      56 writer start time u64 (clock ticks after boot, ``/proc/<pid>/stat``)
     record i at 64 + i * 256:
       0  lock sequence u64 (even: stable, odd: being written)
       8  crc32 of the payload u32, 12 zero u32
@@ -36,6 +37,15 @@ A reader checks the state word on every access and re-attaches by name when
 it sees *retired*; ``generation`` counts the replacements. A writer starting
 over an existing segment (restart after a crash) replaces it the same way.
 
+Writer liveness: the writer refreshes the heartbeat on every record it
+writes and on ``heartbeat()`` (the daemon calls it from its loop). A crashed
+writer leaves its segment marked live; ``LatestReader.writer_status()`` tells
+it apart: the writer's pid must name a running, non-zombie process with the
+recorded start time (so a reused pid does not count), and the heartbeat must
+be younger than ``max_age_s``. A reader in another pid namespace passes
+``check_pid=False`` and relies on the heartbeat alone. Segments of writers
+that predate the heartbeat (0) are judged by the pid alone.
+
 Readers attach with ``os.open`` + ``mmap`` (read-only), not through
 ``multiprocessing.shared_memory``, whose resource tracker would unlink a
 segment it did not create when the reading process exits.
@@ -54,6 +64,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from predictor.ipc.liveness import WriterStatus, process_alive, process_start_ticks
 from predictor.ipc.wire import ASSET_ID_MAX_BYTES
 
 SHM_DIR = Path("/dev/shm")
@@ -82,9 +93,15 @@ FLAG_BITS: dict[str, int] = {
     "warming_up": 1 << 5,
 }
 
-HEADER = struct.Struct("<8sHHIIIQIIQ")
+HEADER = struct.Struct("<8sHHIIIQIIQQQ")
 _STATE_OFF = 20
 _USED_OFF = 32
+_PID_OFF = 36
+_HEARTBEAT_OFF = 48
+_START_OFF = 56
+_U64 = struct.Struct("<Q")
+#: Heartbeat age (s) beyond which ``writer_status`` calls the writer stale.
+DEFAULT_MAX_AGE_S = 10.0
 PAYLOAD = struct.Struct(f"<Qqqq11dBBH{ASSET_ID_MAX_BYTES}s")
 PAYLOAD_OFF = 16
 _CRC = struct.Struct("<I")
@@ -108,7 +125,7 @@ FIELDS = (
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 
 assert PAYLOAD_OFF + PAYLOAD.size <= RECORD_SIZE
-assert HEADER.size <= HEADER_SIZE
+assert HEADER.size == HEADER_SIZE
 
 
 class ShmReadError(RuntimeError):
@@ -309,6 +326,13 @@ class LatestWriter:
         )
         self._store(slot, payload)
 
+    def heartbeat(self, now_ns: int | None = None) -> None:
+        """Tell readers the writer is alive (``time.monotonic_ns()`` by default)."""
+        if self._mm is not None:
+            _U64.pack_into(
+                self._mm, _HEARTBEAT_OFF, time.monotonic_ns() if now_ns is None else now_ns
+            )
+
     def ensure_capacity(self, n_slots: int) -> bool:
         """Make room for ``n_slots`` slots; True if the segment was replaced.
 
@@ -372,6 +396,7 @@ class LatestWriter:
         _CRC.pack_into(mm, off + 8, crc)
         mm[off + PAYLOAD_OFF : off + PAYLOAD_OFF + PAYLOAD.size] = payload
         q[word] = lock + 2
+        _U64.pack_into(mm, _HEARTBEAT_OFF, time.monotonic_ns())
         if slot >= self._used:
             # Published after the record so that a reader scanning up to
             # ``used`` finds it complete.
@@ -426,6 +451,8 @@ class LatestWriter:
                 used,
                 os.getpid() & 0xFFFFFFFF,
                 time.time_ns(),
+                time.monotonic_ns(),
+                process_start_ticks(os.getpid()) or 0,
             )
             os.rename(tmp, self.path)
         except BaseException:
@@ -496,6 +523,28 @@ class LatestReader:
     def generation(self) -> int:
         """Generation of the attached segment."""
         return self._generation
+
+    def writer_status(
+        self, max_age_s: float = DEFAULT_MAX_AGE_S, *, check_pid: bool = True
+    ) -> WriterStatus:
+        """Whether the segment's writer is alive and how old its heartbeat is.
+
+        After a writer crash the segment stays marked live and ``get`` keeps
+        returning its last records: this is how a reader tells.
+        """
+        if not self._live():
+            return WriterStatus(0, None, None, "retired", False, max_age_s)
+        mm = self._mm
+        assert mm is not None
+        pid = int(_U32.unpack_from(mm, _PID_OFF)[0])
+        beat = int(_U64.unpack_from(mm, _HEARTBEAT_OFF)[0])
+        start = int(_U64.unpack_from(mm, _START_OFF)[0])
+        pid_alive = process_alive(pid, start) if check_pid else None
+        age = max(0.0, (time.monotonic_ns() - beat) / 1e9) if beat else None
+        alive = pid_alive is not False and (age is None or age <= max_age_s)
+        if age is None and not check_pid:
+            alive = False  # neither a heartbeat nor a pid check: nothing says alive
+        return WriterStatus(pid, pid_alive, age, "live", alive, max_age_s)
 
     def get(self, asset: str) -> dict[str, Any] | None:
         """Latest record of ``asset`` (see the class docstring)."""

@@ -1,49 +1,79 @@
-"""Snapshot payload and file format: msgpack body + 64-char hex SHA-256.
+"""Snapshot payloads and their files.
 
-A snapshot file is ``body || hex(sha256(body))`` where ``body`` is the
-msgpack encoding of the payload map::
+The payload is a map::
 
     {"schema_version": str, "timestamp": int (Unix ns), "config": {...},
      "global": tree, "telemetry": tree, "flags": tree,
      "kernels": {"A": tree, "B": tree, "C": tree, "D": tree},
-     "assets": {...}}            # optional, see ``assets.py``
+     "assets": ...}            # optional: the live rows of a stacked state
 
-where each ``tree`` is a pytree encoded by ``tree.encode_tree``.
+where each ``tree`` is a pytree encoded by ``tree.encode_tree``. On disk
+(format 2, see ``container`` for the framing)::
 
-``unpack`` checks, in this order: emptiness, the size bound, the checksum
-(``IntegrityError`` "checksum mismatch", or ``SnapshotTruncatedError`` when
-the bytes end before the msgpack structure or the trailer), the msgpack
-decoding under strict limits, the schema version (``SchemaVersionError``,
-naming both versions), then the payload's structure. Fitting the state into
-the current layout is ``restore_sections`` / ``restore_assets``.
+    preamble | META | INDEX* | DATA* | END | hex SHA-256 trailer
+
+META is the msgpack map above with ``assets`` replaced by its header; the
+asset ids and counters go to INDEX records and the live rows to DATA
+records of about ``record_bytes`` each (``chunked``). Only occupied slots
+are written, so a file grows with the live assets, and there is no size
+bound on the file: a load holds one record at a time (``Limits.
+max_record_bytes``) besides what it decodes. Format-1 files (one msgpack
+body and its hex SHA-256, ``legacy``) are still read, within
+``Limits.legacy_max_bytes``.
+
+``unpack`` / ``files.load_snapshot`` check, in this order: emptiness, the
+optional whole-file bound, every record's CRC and digest and the trailer
+(``IntegrityError`` "checksum mismatch", ``SnapshotTruncatedError``), the
+msgpack decoding under strict limits, the schema version
+(``SchemaVersionError``, naming both versions), then the payload's
+structure. Fitting the state into the current layout is
+``restore_sections`` / ``restore_assets``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import io
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 
 from predictor.config import FIELD_SPECS, PredictorConfig
-from predictor.errors import IntegrityError
-from predictor.snapshots.assets import AssetBatch, decode_assets, encode_assets
+from predictor.snapshots import legacy
+from predictor.snapshots.assets import AssetBatch, decode_assets
+from predictor.snapshots.chunked import (
+    DEFAULT_RECORD_BYTES,
+    AssetsReader,
+    HostAssets,
+    StreamedAssets,
+    host_assets,
+)
+from predictor.snapshots.container import (
+    KIND_DATA,
+    KIND_END,
+    KIND_INDEX,
+    KIND_META,
+    Chunk,
+    RecordReader,
+    RecordWriter,
+    is_container,
+)
 from predictor.snapshots.errors import (
     LayoutMismatchError,
     MalformedSnapshotError,
     SchemaVersionError,
     SnapshotEmptyError,
     SnapshotTooLargeError,
-    SnapshotTruncatedError,
 )
 from predictor.snapshots.tree import decode_tree, encode_tree, to_host
 
-CHECKSUM_LEN = 64
+CHECKSUM_LEN = legacy.CHECKSUM_LEN
+#: Largest format-1 file read (format-1 files are read whole).
 DEFAULT_MAX_BYTES = 1 << 30
+#: Largest record of a format-2 file: what a load holds besides its result.
+DEFAULT_MAX_RECORD_BYTES = 256 << 20
 KERNEL_NAMES = ("A", "B", "C", "D")
 TREE_SECTIONS = ("global", "telemetry", "flags", "kernels")
 REQUIRED_KEYS = frozenset({"schema_version", "timestamp", "config", *TREE_SECTIONS})
@@ -54,11 +84,16 @@ OPTIONAL_KEYS = frozenset({"assets"})
 class Limits:
     """Bounds applied before and while unpacking untrusted bytes.
 
-    ``max_bytes`` bounds the whole file (and therefore any binary blob);
-    the others bound one msgpack string, array or map.
+    ``max_bytes`` bounds the whole file (``None``: no bound; a format-2 file
+    is read one record at a time), ``max_record_bytes`` one record of a
+    format-2 file, ``legacy_max_bytes`` a format-1 file (read whole); the
+    others bound one msgpack string, array or map (``max_array_len`` also
+    bounds the number of assets).
     """
 
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_bytes: int | None = None
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    legacy_max_bytes: int = DEFAULT_MAX_BYTES
     max_str_len: int = 1 << 20
     max_array_len: int = 1 << 24
     max_map_len: int = 1 << 20
@@ -80,8 +115,9 @@ def build_payload(
 ) -> dict[str, Any]:
     """The payload map, with every array copied to the host.
 
-    Runs on the caller's thread: the copy (``to_host``) is the consistent
-    cut of the state; packing, hashing and I/O may then happen elsewhere.
+    Runs on the caller's thread: the copy (``to_host``, and ``host_assets``
+    for the live rows of ``assets``) is the consistent cut of the state;
+    packing, hashing and I/O may then happen elsewhere.
     ``schema_version`` defaults to the config's. ``kernels`` must hold
     exactly the keys A, B, C, D (a value may be ``None``).
     """
@@ -107,30 +143,75 @@ def build_payload(
     for name in TREE_SECTIONS:
         payload[name] = encode_tree(host[name], name)
     if assets is not None:
-        payload["assets"] = encode_assets(assets)
+        payload["assets"] = host_assets(assets)
     return payload
 
 
-def pack_parts(payload: Mapping[str, Any]) -> tuple[bytes, bytes]:
-    """``(body, trailer)``: msgpack bytes and their 64-byte hex SHA-256."""
-    body = msgpack.packb(payload, use_bin_type=True)
-    assert isinstance(body, bytes)
-    return body, hashlib.sha256(body).hexdigest().encode("ascii")
+class SnapshotEncoder:
+    """The file's chunks for a payload, streamed; ``checksum`` once exhausted.
+
+    Iterating packs one record at a time: besides the payload's own arrays
+    only the META record and one INDEX record are ever built in memory (DATA
+    records are views of the host rows). ``record_bytes`` is the target size
+    of INDEX and DATA records.
+    """
+
+    def __init__(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        record_bytes: int = DEFAULT_RECORD_BYTES,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        if not 1 <= record_bytes <= max_record_bytes:
+            raise ValueError(f"record_bytes must lie in [1, {max_record_bytes}]")
+        self.payload = payload
+        self.record_bytes = record_bytes
+        self.max_record_bytes = max_record_bytes
+        self.checksum = ""
+
+    def __iter__(self) -> Iterator[Chunk]:
+        writer = RecordWriter()
+        yield writer.preamble()
+        meta = {k: v for k, v in self.payload.items() if k != "assets"}
+        assets = self.payload.get("assets")
+        if isinstance(assets, AssetBatch):
+            assets = host_assets(assets)
+        if assets is not None and not isinstance(assets, HostAssets):
+            raise TypeError(f"assets: expected an AssetBatch, got {type(assets).__name__}")
+        if assets is not None:
+            if assets.row_bytes + 16 > self.max_record_bytes:
+                raise ValueError(f"one asset's state ({assets.row_bytes} bytes) exceeds a record")
+            meta["assets"] = assets.header(self.record_bytes)
+        body = msgpack.packb(meta, use_bin_type=True)
+        assert isinstance(body, bytes)
+        if len(body) > self.max_record_bytes:
+            raise ValueError(f"snapshot metadata of {len(body)} bytes exceeds a record")
+        yield from writer.record(KIND_META, [body])
+        records = 1
+        if assets is not None:
+            for kind, parts in assets.records(self.record_bytes):
+                yield from writer.record(kind, parts)
+                records += 1
+        end = msgpack.packb({"records": records}, use_bin_type=True)
+        yield from writer.record(KIND_END, [end])
+        trailer = writer.trailer()
+        self.checksum = trailer.decode("ascii")
+        yield trailer
 
 
-def pack(payload: Mapping[str, Any]) -> bytes:
-    """File bytes of ``payload`` (body followed by its checksum)."""
-    body, trailer = pack_parts(payload)
-    return body + trailer
+def pack(payload: Mapping[str, Any], *, record_bytes: int = DEFAULT_RECORD_BYTES) -> bytes:
+    """File bytes of ``payload`` (in memory; files are streamed by ``save_snapshot``)."""
+    return b"".join(bytes(c) for c in SnapshotEncoder(payload, record_bytes=record_bytes))
 
 
-def _unpack_kwargs(limits: Limits) -> dict[str, Any]:
+def _unpack_kwargs(limits: Limits, max_bin: int) -> dict[str, Any]:
     return {
         "raw": False,
         "strict_map_key": True,
         "use_list": True,
         "max_str_len": limits.max_str_len,
-        "max_bin_len": limits.max_bytes,
+        "max_bin_len": max_bin,
         "max_array_len": limits.max_array_len,
         "max_map_len": limits.max_map_len,
         # No extension types (msgpack timestamps included) in a snapshot.
@@ -138,52 +219,86 @@ def _unpack_kwargs(limits: Limits) -> dict[str, Any]:
     }
 
 
-def _ends_early(data: memoryview, limits: Limits) -> bool:
-    """Whether ``data`` stops before one msgpack object plus a full trailer.
+def read_container(
+    fh: BinaryIO,
+    opener: Callable[[], BinaryIO],
+    expected_schema: str | None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    source: str = "snapshot",
+) -> dict[str, Any]:
+    """Verify a format-2 stream record by record; the payload (assets left in the file).
 
-    Only called once the checksum failed, to tell truncation from damage.
+    ``opener`` reopens the same bytes for ``StreamedAssets.restore``.
     """
-    unpacker = msgpack.Unpacker(max_buffer_size=limits.max_bytes, **_unpack_kwargs(limits))
-    unpacker.feed(data)
+    reader = RecordReader(fh, source=source, max_record_bytes=limits.max_record_bytes)
+    kwargs = _unpack_kwargs(limits, limits.max_record_bytes)
+    kind, body = reader.next()
+    if kind != KIND_META:
+        raise MalformedSnapshotError(f"{source}: the first record is not the metadata")
+    meta = _msgpack(body, kwargs, source, "metadata")
+    if not isinstance(meta, dict):
+        raise MalformedSnapshotError(f"{source}: payload is {type(meta).__name__}, not a map")
+    section = None
+    if "assets" in meta:
+        section = AssetsReader(meta.pop("assets"), max_assets=limits.max_array_len)
+    records = 1
+    while True:
+        before = reader.position
+        kind, body = reader.next()
+        if kind == KIND_END:
+            break
+        records += 1
+        if section is None or kind == KIND_META:
+            raise MalformedSnapshotError(f"{source}: unexpected record {records - 1}")
+        if kind == KIND_INDEX:
+            section.index(body, kwargs)
+        elif kind == KIND_DATA:
+            section.data(body, before)
+    end = _msgpack(body, kwargs, source, "end record")
+    if end != {"records": records}:
+        raise MalformedSnapshotError(f"{source}: end record {end!r:.80} after {records} records")
+    checksum = reader.finish()
+    found = meta.get("schema_version", "unknown")
+    if expected_schema is not None and found != expected_schema:
+        raise SchemaVersionError(found, expected_schema, source)
+    _check_structure(meta, source)
+    if section is not None:
+        meta["assets"] = section.finish(opener, checksum, source, limits.max_record_bytes)
+    return meta
+
+
+def _msgpack(body: bytes, kwargs: dict[str, Any], source: str, what: str) -> Any:
     try:
-        unpacker.unpack()
-    except msgpack.OutOfData:
-        return True
-    except (ValueError, msgpack.UnpackException):  # damaged, but not short
-        return False
-    return bool(len(data) - unpacker.tell() < CHECKSUM_LEN)
+        return msgpack.unpackb(body, **kwargs)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise MalformedSnapshotError(
+            f"{source}: {what}: checksum valid but msgpack invalid: {exc}"
+        ) from exc
 
 
-def verify(
-    data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS, source: str = "snapshot"
-) -> memoryview:
-    """The checksummed body of a snapshot's bytes, or the reason it is refused."""
-    view = memoryview(data)
-    n = len(view)
-    if n == 0:
-        raise SnapshotEmptyError(f"{source}: snapshot file is empty (0 bytes)")
-    if n > limits.max_bytes:
-        raise SnapshotTooLargeError(
-            f"{source}: snapshot of {n} bytes exceeds the limit of {limits.max_bytes} bytes"
-        )
-    if n <= CHECKSUM_LEN:
-        raise SnapshotTruncatedError(
-            f"{source}: snapshot truncated: {n} bytes, not even a payload and a "
-            f"{CHECKSUM_LEN}-byte checksum"
-        )
-    body, stored = view[:-CHECKSUM_LEN], bytes(view[-CHECKSUM_LEN:])
-    computed = hashlib.sha256(body).hexdigest().encode("ascii")
-    if not hmac.compare_digest(stored, computed):
-        if _ends_early(view, limits):
-            raise SnapshotTruncatedError(
-                f"{source}: snapshot truncated: its {n} bytes end before the msgpack "
-                f"payload and its {CHECKSUM_LEN}-byte SHA-256 trailer are complete"
-            )
-        raise IntegrityError(
-            f"{source}: snapshot corrupt: checksum mismatch "
-            f"(stored {stored[:16]!r}..., computed {computed[:16].decode()}...)"
-        )
-    return body
+def legacy_bound(limits: Limits) -> int:
+    """Largest format-1 file read under ``limits``."""
+    if limits.max_bytes is None:
+        return limits.legacy_max_bytes
+    return min(limits.max_bytes, limits.legacy_max_bytes)
+
+
+def unpack_legacy(
+    data: bytes | memoryview, expected_schema: str | None, *, limits: Limits, source: str
+) -> dict[str, Any]:
+    """Verified payload of a format-1 snapshot's bytes."""
+    bound = legacy_bound(limits)
+    payload = legacy.unpack(
+        data, max_bytes=bound, unpack_kwargs=_unpack_kwargs(limits, bound), source=source
+    )
+    if not isinstance(payload, dict):
+        raise MalformedSnapshotError(f"{source}: payload is {type(payload).__name__}, not a map")
+    found = payload.get("schema_version", "unknown")
+    if expected_schema is not None and found != expected_schema:
+        raise SchemaVersionError(found, expected_schema, source)
+    _check_structure(payload, source)
+    return payload
 
 
 def unpack(
@@ -193,24 +308,34 @@ def unpack(
     limits: Limits = DEFAULT_LIMITS,
     source: str = "snapshot",
 ) -> dict[str, Any]:
-    """Verified payload map of a snapshot's bytes (arrays still encoded).
+    """Verified payload of a snapshot's bytes, either format (arrays still encoded).
 
     ``expected_schema=None`` skips the version check (inspection only).
     """
-    body = verify(data, limits=limits, source=source)
-    try:
-        payload = msgpack.unpackb(body, **_unpack_kwargs(limits))
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise MalformedSnapshotError(
-            f"{source}: checksum valid but msgpack invalid: {exc}"
-        ) from exc
-    if not isinstance(payload, dict):
-        raise MalformedSnapshotError(f"{source}: payload is {type(payload).__name__}, not a map")
-    found = payload.get("schema_version", "unknown")
-    if expected_schema is not None and found != expected_schema:
-        raise SchemaVersionError(found, expected_schema, source)
-    _check_structure(payload, source)
-    return payload
+    n = len(data)
+    if n == 0:
+        raise SnapshotEmptyError(f"{source}: snapshot file is empty (0 bytes)")
+    if limits.max_bytes is not None and n > limits.max_bytes:
+        raise SnapshotTooLargeError(
+            f"{source}: snapshot of {n} bytes exceeds the limit of {limits.max_bytes} bytes"
+        )
+    if not is_container(bytes(data[:1])):
+        return unpack_legacy(data, expected_schema, limits=limits, source=source)
+    raw = bytes(data)
+    return read_container(
+        io.BytesIO(raw), lambda: io.BytesIO(raw), expected_schema, limits=limits, source=source
+    )
+
+
+def verify(
+    data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS, source: str = "snapshot"
+) -> str:
+    """Hex checksum of a snapshot's bytes (either format), or the reason it is refused."""
+    payload = unpack(data, None, limits=limits, source=source)
+    assets = payload.get("assets")
+    if isinstance(assets, StreamedAssets):
+        return assets.checksum
+    return bytes(memoryview(data)[-CHECKSUM_LEN:]).decode("ascii")
 
 
 def _check_structure(payload: dict[str, Any], source: str) -> None:
@@ -266,12 +391,23 @@ def restore_sections(
 
 
 def restore_assets(
-    payload: Mapping[str, Any], template: Any, *, config: PredictorConfig | None = None
+    payload: Mapping[str, Any],
+    template: Any,
+    *,
+    config: PredictorConfig | None = None,
+    host: bool = False,
 ) -> AssetBatch:
-    """Decode the ``assets`` section; ``template`` is one asset's fresh state."""
+    """Decode the ``assets`` section; ``template`` is one asset's fresh state.
+
+    ``host=True`` leaves the restored leaves as numpy arrays (format 2) so
+    that a caller placing the state on its device holds one copy at a time.
+    """
     if "assets" not in payload:
         raise LayoutMismatchError("assets", "the snapshot holds no assets section")
+    section = payload["assets"]
     try:
-        return decode_assets(payload["assets"], template)
+        if isinstance(section, StreamedAssets):
+            return section.restore(template, host=host)
+        return decode_assets(section, template)
     except LayoutMismatchError as exc:
         raise LayoutMismatchError(exc.path, exc.reason, layout_hint(payload, config)) from exc
