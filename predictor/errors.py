@@ -15,6 +15,9 @@ class ConfigError(PredictorError, ValueError):
     """A configuration value is missing, of the wrong type or out of range.
 
     The message always names the field, the value and the allowed range.
+
+    >>> str(ConfigError("cusum_h", -1.0, "float in (0.0, 10000.0]"))
+    "config field 'cusum_h': got -1.0; allowed: float in (0.0, 10000.0]"
     """
 
     def __init__(self, field: str, value: object, allowed: str) -> None:
@@ -28,8 +31,16 @@ class DomainError(PredictorError, ValueError):
     """An observation outside the admissible domain (non-finite, > 20 sigma)."""
 
 
-class IntegrityError(PredictorError):
-    """A persisted artefact failed its SHA-256 check: it must not be loaded."""
+class IntegrityError(PredictorError, ValueError):
+    """A persisted artefact failed its SHA-256 check: it must not be loaded.
+
+    It is a ``ValueError``, so the specification's ``except ValueError``
+    around ``load_snapshot`` catches it; a checksum failure says
+    "Checksum mismatch".
+
+    >>> issubclass(IntegrityError, ValueError)
+    True
+    """
 
 
 class ConfigMutationError(PredictorError):

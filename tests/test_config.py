@@ -15,6 +15,8 @@ from predictor.config import (
     PredictorConfig,
     default_config_toml,
     env_overrides,
+    known_env_names,
+    register_env_names,
 )
 from predictor.core.types import PredictionResult, ProcessState
 from predictor.errors import ConfigError
@@ -63,9 +65,9 @@ def test_every_field_has_a_bound_or_choice() -> None:
         assert spec.doc, name
 
 
-def test_defaults_are_valid_and_follow_model_md() -> None:
+def test_defaults_are_valid_and_follow_the_model() -> None:
     cfg = PredictorConfig()
-    assert cfg.cusum_h == 8.0  # MODEL.md: h = 5 gives a false alarm every ~470 steps
+    assert cfg.cusum_h == 8.0  # docs/model.md: h = 5 gives a false alarm every ~470 steps
     assert cfg.schema_version == "1.0"
     assert cfg.wtmm_buffer_size == 128 and cfg.log_sig_depth == 3
     assert cfg.log_sig_depth in cfg.shed_ladder
@@ -214,3 +216,81 @@ def test_prediction_result_rejects_unknown_mode() -> None:
         PredictionResult(
             0, 0, 0, 0, 0, 0, 0, 0, (0, 0, 0, 1), True, False, False, False, False, "Chaos", 0, 0, 0
         )
+
+
+def test_constructor_widens_ints_and_lists_like_from_dict() -> None:
+    cfg = PredictorConfig(cusum_h=5, epsilon=1, shed_ladder=[3, 2], log_sig_depth=2)
+    assert (cfg.cusum_h, cfg.epsilon, cfg.shed_ladder) == (5.0, 1.0, (3, 2))
+    assert isinstance(cfg.cusum_h, float) and isinstance(cfg.shed_ladder, tuple)
+    assert cfg == PredictorConfig.from_dict(
+        {"cusum_h": 5.0, "epsilon": 1.0, "shed_ladder": (3, 2), "log_sig_depth": 2}
+    )
+    assert hash(cfg) == hash(
+        PredictorConfig(cusum_h=5.0, epsilon=1.0, shed_ladder=(3, 2), log_sig_depth=2)
+    )
+    # Only lossless widening: a float for an int field and a bool stay refused.
+    with pytest.raises(ConfigError, match="grace_period_steps"):
+        PredictorConfig(grace_period_steps=20.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cusum_h"):
+        PredictorConfig(cusum_h=True)
+
+
+def test_unknown_key_names_the_nearest_field_only() -> None:
+    with pytest.raises(ConfigError) as info:
+        PredictorConfig.from_dict({"cusum_hh": 3.0})
+    message = str(info.value)
+    assert "did you mean 'cusum_h'?" in message
+    assert "wtmm_buffer_size" not in message  # not the list of every field
+    with pytest.raises(ConfigError) as far:
+        PredictorConfig.from_dict({"colour": "blue"})
+    assert "did you mean" not in str(far.value) and "docs/configuration.md" in str(far.value)
+
+
+def test_unknown_key_in_toml_names_the_nearest_field(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[predictor]\nwtmm_bufer_size = 64\n")
+    with pytest.raises(ConfigError, match="did you mean 'wtmm_buffer_size'"):
+        PredictorConfig.from_toml(path, env=False)
+
+
+def test_misspelt_environment_variable_is_refused_with_the_nearest_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        env_overrides({"PREDICTOR_CUSUM_HH": "9"})
+    assert info.value.field == "PREDICTOR_CUSUM_HH"
+    assert "did you mean 'PREDICTOR_CUSUM_H'?" in str(info.value)
+    with pytest.raises(ConfigError, match="PREDICTOR_ADMIN_SOCKET"):
+        env_overrides({"PREDICTOR_ADMIN_SOKET": "/run/x"})
+    # Through the loader that the daemon and the library use.
+    path = tmp_path / "config.toml"
+    path.write_text("[predictor]\n")
+    monkeypatch.setenv("PREDICTOR_GRACE_PERIOD_STEP", "40")
+    with pytest.raises(ConfigError, match="PREDICTOR_GRACE_PERIOD_STEPS"):
+        PredictorConfig.from_toml(path)
+    assert PredictorConfig.from_toml(path, env=False) == PredictorConfig()
+
+
+def test_variables_of_other_readers_are_accepted() -> None:
+    environ = {
+        "PREDICTOR_CONFIG": "/etc/predictor/config.toml",
+        "PREDICTOR_ADMIN_SOCKET": "/run/predictor/admin.sock",
+        "PREDICTOR_DAEMON_METRICS_PORT": "9200",
+        "PREDICTOR_TEST_SLOW_STEP_FILE": "/tmp/x",
+        "PREDICTORX": "not ours: no underscore after the prefix",
+    }
+    assert env_overrides(environ) == {}
+    register_env_names("PREDICTOR_EXAMPLE_READER")
+    assert env_overrides({"PREDICTOR_EXAMPLE_READER": "1"}) == {}
+    assert "PREDICTOR_EXAMPLE_READER" in known_env_names()
+
+
+@pytest.mark.parametrize(
+    ("raw", "ladder"),
+    [("5,3,2", (5, 3, 2)), ("5 3 2", (5, 3, 2)), ("4 2", (4, 2)), (" 5, 3 ", (5, 3)), ("3", (3,))],
+)
+def test_shed_ladder_from_the_environment(raw: str, ladder: tuple[int, ...]) -> None:
+    values = env_overrides({"PREDICTOR_SHED_LADDER": raw})
+    depth = {"PREDICTOR_LOG_SIG_DEPTH": str(ladder[0])}
+    cfg = PredictorConfig.from_dict({**values, **env_overrides(depth)})
+    assert cfg.shed_ladder == ladder

@@ -16,8 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from bench.tuning import CHEAP_BASE
+from predictor.api import ConfigReloadablePredictor
 from predictor.config import PredictorConfig
-from predictor.core.predictor import ConfigReloadablePredictor
 from predictor.errors import ConfigError, ConfigMutationError
 from predictor.tuning.result import OptimizationResult
 

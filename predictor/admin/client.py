@@ -1,4 +1,4 @@
-"""AdminClient: the client side of the admin socket (ARCHITECTURE.md, "Admin socket").
+"""AdminClient: the client side of the admin socket (docs/admin.md).
 
 The protocol is newline-delimited JSON over a Unix stream socket: the client
 writes one object ``{"cmd": name, ...args}`` followed by ``\\n``; the daemon

@@ -1,4 +1,4 @@
-"""Wire format of the daemon (ARCHITECTURE.md, "Wire protocol").
+"""Wire format of the daemon (docs/wire.md).
 
 Ticks travel PUSH -> PULL as one msgpack message holding either one map or a
 list of maps::

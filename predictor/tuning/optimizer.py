@@ -118,6 +118,17 @@ class TrialRecord:
         )
 
 
+class Candidate(dict[str, Any]):
+    """The parameters of one proposed trial (a plain dict to the objective).
+
+    ``number`` is the trial's number in the study.
+    """
+
+    def __init__(self, trial: Trial) -> None:
+        super().__init__(trial.params)
+        self.number: int = trial.number
+
+
 @dataclass
 class _Flags:
     """Set by signal handlers (nothing else happens in a handler)."""
@@ -137,6 +148,22 @@ class BayesianMetaOptimizer:
     ``baseline`` (e.g. the current config's values) is evaluated as trial
     0 of a new study, parameters outside the space being sampled instead.
     ``sampler="random"`` replaces TPE by random search (benchmarks).
+
+    ``optimize`` runs the loop; the specification's manual loop works too
+    (``_suggest_next_candidate`` proposes a dict, ``_report_trial`` records
+    its objective, ``_iteration`` / ``_best_params`` / ``_best_value``
+    read the progress):
+
+    >>> from predictor.tuning.space import SearchSpace
+    >>> space = {"cusum_k": SearchSpace("cusum_k", "float", (0.3, 1.5))}
+    >>> def objective(p):
+    ...     return (p["cusum_k"] - 1.0) ** 2
+    >>> opt = BayesianMetaOptimizer(space, objective, "demo", 6, n_startup_trials=3)
+    >>> for i in range(opt._iteration, opt.max_iterations):
+    ...     candidate = opt._suggest_next_candidate()
+    ...     record = opt._report_trial(candidate, objective(candidate))
+    >>> opt._iteration, sorted(opt._best_params), opt._best_value < 0.1
+    (6, ['cusum_k'], True)
     """
 
     def __init__(
@@ -189,6 +216,7 @@ class BayesianMetaOptimizer:
         self._records: list[TrialRecord] = []
         self._best_index: int | None = None
         self._flags = _Flags()
+        self._pending: Trial | None = None
         #: Writes the automatic checkpoints (``AsyncMetaOptimizer`` swaps in a thread).
         self.checkpoint_writer: Callable[[Path], Any] = self.save_study
         self._study = self._replay([])
@@ -280,7 +308,56 @@ class BayesianMetaOptimizer:
             )
         return study
 
-    def _suggest_next_candidate(self) -> Trial:
+    # --- the specification's manual loop ---------------------------------
+    @property
+    def _iteration(self) -> int:
+        """Trials done: where a manual loop continues (``range(_iteration, max_iterations)``)."""
+        return len(self._records)
+
+    @property
+    def _best_params(self) -> dict[str, Any] | None:
+        """The specification's name of ``best_params``."""
+        return self.best_params
+
+    @property
+    def _best_value(self) -> float:
+        """The specification's name of ``best_value`` (``inf`` before any)."""
+        return self.best_value
+
+    def _suggest_next_candidate(self) -> Candidate:
+        """Propose the next trial's parameters (a dict) for a manual loop.
+
+        Evaluate them, then hand the same dict to ``_report_trial``; the
+        proposal is the one ``optimize`` would make at this point.
+        """
+        if self._pending is not None:
+            raise RuntimeError(
+                f"trial {self._pending.number} was proposed and not reported: "
+                "call _report_trial(candidate, objective) first"
+            )
+        trial = self._ask()
+        self._pending = trial
+        return Candidate(trial)
+
+    def _report_trial(
+        self,
+        candidate: Mapping[str, Any],
+        objective: float | None,
+        duration_s: float = 0.0,
+        note: str = "",
+    ) -> TrialRecord:
+        """Record the objective of the candidate last proposed (minimised).
+
+        A non-finite or None objective records a failed trial.
+        """
+        trial = self._pending
+        if trial is None or dict(candidate) != dict(trial.params):
+            raise ValueError("report the candidate returned by the last _suggest_next_candidate()")
+        self._pending = None
+        value = None if objective is None else float(objective)
+        return self._tell(trial, value, duration_s, note)
+
+    def _ask(self) -> Trial:
         number = len(self._records)
         self._study.sampler = self._sampler_for(number)
         if number == 0 and self.baseline is not None:
@@ -292,7 +369,7 @@ class BayesianMetaOptimizer:
             raise RuntimeError(f"study out of step: trial {trial.number}, expected {number}")
         return trial
 
-    def _report_trial(
+    def _tell(
         self, trial: Trial, value: float | None, duration_s: float, note: str = ""
     ) -> TrialRecord:
         params = {k: trial.params[k] for k in sorted(trial.params)}
@@ -311,7 +388,9 @@ class BayesianMetaOptimizer:
 
     def run_trial(self) -> TrialRecord | None:
         """Propose, evaluate and record one trial; None if it was interrupted."""
-        trial = self._suggest_next_candidate()
+        if self._pending is not None:
+            raise RuntimeError(f"trial {self._pending.number} is waiting for _report_trial")
+        trial = self._ask()
         params = dict(trial.params)
         started = time.perf_counter()
         try:
@@ -324,9 +403,9 @@ class BayesianMetaOptimizer:
         except ConfigError as exc:
             value, note = None, f"invalid config: {exc}"
         except BaseException as exc:
-            self._report_trial(trial, None, time.perf_counter() - started, f"error: {exc!r}")
+            self._tell(trial, None, time.perf_counter() - started, f"error: {exc!r}")
             raise
-        return self._report_trial(trial, value, time.perf_counter() - started, note)
+        return self._tell(trial, value, time.perf_counter() - started, note)
 
     # --- main loop --------------------------------------------------------
     @contextlib.contextmanager
@@ -470,6 +549,7 @@ class BayesianMetaOptimizer:
                 raise ValueError(f"checkpoint trial {i} does not fit the search space")
         self.seed = int(doc["seed"])
         self._records = records
+        self._pending = None
         self._best_index = None
         for i, rec in enumerate(records):
             if rec.value is not None and (self._best_index is None or rec.value < self.best_value):
@@ -513,6 +593,7 @@ class BayesianMetaOptimizer:
 __all__ = [
     "SAMPLERS",
     "BayesianMetaOptimizer",
+    "Candidate",
     "TrialRecord",
     "trial_seed",
 ]
