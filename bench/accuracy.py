@@ -4,8 +4,9 @@
 
 Protocol. Every model sees the series one value at a time; after value
 ``y_t`` it forecasts ``y_{t+1}`` (``f[t]``), then learns ``y_{t+1}``. The
-predictor runs ``core_step`` (``predictor.core.step``) over the series in a
-jitted ``lax.scan``, in fixed chunks of ``CHUNK`` ticks with the state
+predictor runs its two-rate step (``predictor.core.rates.step``: a tick per
+value, a refit every ``refit_interval`` ticks) over the series in a jitted
+``lax.scan``, in fixed chunks of ``CHUNK`` ticks with the state
 carried over (the last chunk padded with the last value; padded outputs are
 dropped), so each config compiles once and a forecast can only depend on
 the values before it (``tests/test_bench_metrics.py`` poisons the future and
@@ -22,7 +23,7 @@ Models, all on the same targets:
   seasonal real series (river's documented AirlinePassengers settings;
   weekly SNARIMAX on co2);
 * ``kernel A``..``kernel D`` alone: each kernel's forecast of the next value
-  inside the same run (``AssetState.prev_kernel_pred``, mapped to input
+  inside the same run (``FastState.prev_kernel_pred``, mapped to input
   units by the window mean and standard deviation). Kernels never see errors
   or weights, so this is exactly the kernel run on its own on the same
   windows;
@@ -64,10 +65,10 @@ from bench import metrics as M
 from bench import oracles as O
 from bench import processes as P
 from predictor.config import PredictorConfig
-from predictor.core import sia
+from predictor.core import rates, sia
 from predictor.core.functional import FunctionalPredictor, layout_config
 from predictor.core.params import Params
-from predictor.core.step import AssetState, Obs, core_step
+from predictor.core.state import AssetState, Obs
 
 FloatArray = NDArray[np.float64]
 
@@ -136,7 +137,7 @@ WalkFn = Callable[[AssetState, jax.Array, jax.Array, Params], tuple[AssetState, 
 
 @functools.cache
 def _walk_graph(cfg: PredictorConfig, depth: int) -> WalkFn:
-    """Jitted ``lax.scan`` of ``core_step`` over a chunk, recording ``WalkStep`` per tick."""
+    """Jitted ``lax.scan`` of the two-rate step over a chunk, recording ``WalkStep`` per tick."""
 
     def run(
         state: AssetState, ys: jax.Array, ts: jax.Array, params: Params
@@ -144,14 +145,14 @@ def _walk_graph(cfg: PredictorConfig, depth: int) -> WalkFn:
         def body(s: AssetState, x: tuple[jax.Array, jax.Array]) -> tuple[AssetState, WalkStep]:
             y, t = x
             # The residual the step itself standardises (same function, same inputs).
-            err = jnp.where(s.count == 0, 0.0, y - s.prev_pred)
-            _, res = sia.residual_update(s.residual, err, params.volatility_alpha)
-            new, out = core_step(s, Obs(y, y, t), t, params, cfg, depth)
+            err = jnp.where(s.fast.count == 0, 0.0, y - s.fast.prev_pred)
+            _, res = sia.residual_update(s.fast.residual, err, params.volatility_alpha)
+            new, out = rates.step(s, Obs(y, y, t), t, params, cfg, depth)
             rec = WalkStep(
                 point=out.predicted_value,
                 lower=out.interval_lower,
                 upper=out.interval_upper,
-                kernels=new.prev_kernel_pred,
+                kernels=new.fast.prev_kernel_pred,
                 alarm=out.regime_change_detected,
                 u=res.u,
                 warming=out.warming_up,
@@ -183,7 +184,7 @@ def walk_forward(
     n_pad = -(-n // chunk) * chunk
     y_pad = np.concatenate([y, np.full(n_pad - n, y[-1])])
     ts = np.arange(1, n_pad + 1, dtype=np.int64)
-    state = fp.init_state()
+    state = fp.view(fp.init_state())
     parts: list[Any] = []
     times: list[float] = []
     for k in range(0, n_pad, chunk):
@@ -705,6 +706,50 @@ def real_section(max_len: int | None) -> list[str]:
     return head + details
 
 
+#: Refit intervals of the two-rate sweep (the shipped default among them).
+REFIT_INTERVALS = (1, 8, 16, 32, 64)
+
+
+def refit_interval_section(eval_steps: int, warmup: int) -> list[str]:
+    """Ensemble / oracle on every synthetic process at each refit interval K."""
+    n = warmup + eval_steps + 1
+    start, stop = warmup, warmup + eval_steps
+    cases = synthetic_cases(n)
+    rows: list[list[str]] = []
+    mean_ratio: dict[int, list[float]] = {k: [] for k in REFIT_INTERVALS}
+    for case in cases:
+        log(f"accuracy: refit intervals on {case.name}")
+        row = [case.name, case.loss.upper()]
+        for k in REFIT_INTERVALS:
+            walk = walk_forward(case.ys, DEFAULT_CONFIG.replace(refit_interval=k))
+            models = {ORACLE: Forecast(case.oracle), ENSEMBLE: Forecast(walk.point)}
+            ens = next(
+                x for x in score(case.ys, models, start, stop, case.loss) if x.model == ENSEMBLE
+            )
+            mean_ratio[k].append(ens.vs_oracle)
+            row.append(M.fmt(ens.vs_oracle))
+        rows.append(row)
+    base = float(np.mean(mean_ratio[1]))
+    rows.append(
+        ["mean change vs K = 1", ""]
+        + [f"{100.0 * (float(np.mean(mean_ratio[k])) / base - 1.0):+.2f}%" for k in REFIT_INTERVALS]
+    )
+    default = DEFAULT_CONFIG.refit_interval
+    return [
+        "### Two rates: ensemble / oracle at each refit interval K",
+        "",
+        f"Same processes and forecasts as above; K = {default} is the shipped default "
+        "(``refit_interval``). K = 1 refits every tick, after its forecast "
+        '(``refit_timing = "after"``). Refits are also triggered by regime alarms.',
+        "",
+        M.markdown_table(
+            ["process", "loss", *[f"K = {k}" for k in REFIT_INTERVALS]],
+            rows,
+        ),
+        "",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the accuracy tables (markdown) on stdout."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -716,6 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     lines = ["## Forecast accuracy", ""]
     lines += synthetic_section(eval_steps, warmup)
+    lines += refit_interval_section(eval_steps, warmup)
     lines += real_section(max_len)
     lines.append(f"Accuracy benchmark wall time: {time.perf_counter() - t0:.0f} s.")
     print("\n".join(lines))

@@ -106,6 +106,8 @@ class ProcessState(_types.ProcessState):
 
 def single_observation(obs: _types.ProcessState) -> _types.ProcessState:
     """``obs`` with scalar fields (arrays of size 1 unwrapped), for one asset."""
+    if all(isinstance(v, float | int) for v in _fields(obs)):
+        return obs  # already plain scalars: the common case, on every tick's path
     spec = obs if isinstance(obs, ProcessState) else ProcessState(*_fields(obs))
     if spec.size != 1:
         raise ValueError(f"one asset takes one observation, got {spec.size}")

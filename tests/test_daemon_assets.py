@@ -55,6 +55,7 @@ class TinyPredictor:
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.refit_calls = 0
+        self.refit_lanes: list[int] = []
         self._batch = {d: jax.jit(jax.vmap(functools.partial(_step, depth=d))) for d in self.depths}
         self._refit = jax.jit(jax.vmap(_refit))
 
@@ -71,9 +72,12 @@ class TinyPredictor:
     def output(self, rows: Out) -> Out:
         return jax.tree.map(np.asarray, rows)  # type: ignore[no-any-return]
 
-    def refit_batch(self, states: State, depth: int) -> State:
-        del depth
+    def refit_batch(self, states: State, due: Any, depth: int, *, donate: bool = False) -> State:
+        del depth, donate
+        if not np.any(due):
+            return states
         self.refit_calls += 1
+        self.refit_lanes.append(int(np.sum(due)))
         return self._refit(states)  # type: ignore[no-any-return]
 
     def view(self, rows: State) -> Any:
@@ -108,6 +112,7 @@ def test_padding_uses_the_next_bucket_and_discards_pad_lanes() -> None:
     assert t.fp.refit_calls == 0  # type: ignore[attr-defined]  # nobody is due after one tick
     t.step([2, 0], [1.0, 1.0], [1.0, 1.0], [6, 6], 0, 3)
     assert t.fp.refit_calls == 1  # type: ignore[attr-defined]
+    assert t.fp.refit_lanes == [2]  # type: ignore[attr-defined]  # the two due lanes, no pad lane
     np.testing.assert_array_equal(np.asarray(t.stacked.refits)[:3], [1, 0, 1])
 
 

@@ -38,11 +38,15 @@ _Graph = TypeVar("_Graph")
 
 
 def make_obs(y: Any, ref: Any, ts: Any) -> Obs:
-    """Device observation(s) with the dtypes the compiled graphs expect."""
+    """Observation(s) with the dtypes the compiled graphs expect.
+
+    Host (numpy) arrays: a compiled call copies them in as it starts, which
+    costs far less than building device arrays one eager operation at a time.
+    """
     return Obs(
-        jnp.asarray(y, dtype=jnp.float64),
-        jnp.asarray(ref, dtype=jnp.float64),
-        jnp.asarray(ts, dtype=jnp.int64),
+        np.asarray(y, dtype=np.float64),
+        np.asarray(ref, dtype=np.float64),
+        np.asarray(ts, dtype=np.int64),
     )
 
 
@@ -53,8 +57,8 @@ def stack_states(states: Sequence[PackedState]) -> PackedState:
 
 def output_to_result(out: StepOutput) -> PredictionResult:
     """Host-side ``PredictionResult`` of one (unbatched) step output."""
-    host = jax.device_get(out)
-    return _result_from_host(host)
+    on_device = any(isinstance(leaf, jax.Array) for leaf in out)
+    return _result_from_host(jax.device_get(out) if on_device else out)
 
 
 def _result_from_host(h: StepOutput) -> PredictionResult:
@@ -227,6 +231,15 @@ class FunctionalPredictor:
         rows.fast.i[:, col] = first_phase + np.arange(n, dtype=np.int64)
         return rows
 
+    def replicate(self, state: PackedState, n: int) -> PackedState:
+        """``n`` copies of one asset's state with phases 0 .. n - 1 (staggered refits)."""
+        rows: PackedState = jax.tree.map(
+            lambda x: np.repeat(np.asarray(x)[None], n, axis=0), jax.device_get(state)
+        )
+        (col,) = _phase_index(self._packers, self.config)
+        rows.fast.i[:, col] = np.arange(n, dtype=np.int64)
+        return jax.device_put(rows)  # type: ignore[no-any-return]
+
     def pack(self, state: AssetState) -> PackedState:
         """Rows of a readable state (inverse of ``view``)."""
         return PackedState(self._packers.fast.pack(state.fast), self._packers.fit.pack(state.fit))
@@ -273,7 +286,7 @@ class FunctionalPredictor:
 
     # ------------------------------------------------------------ one asset --
     def tick(
-        self, state: PackedState, obs: Obs, now_ns: jax.Array, depth: int | None = None
+        self, state: PackedState, obs: Obs, now_ns: Any, depth: int | None = None
     ) -> tuple[PackedState, Rows]:
         """The fast rate of one asset (device output rows).
 
@@ -312,7 +325,7 @@ class FunctionalPredictor:
         """
         if isinstance(obs, ProcessState):
             obs = make_obs(_scalar(obs.magnitude), _scalar(obs.reference), int(obs.timestamp_ns))
-        now = obs.ts if now_ns is None else jnp.asarray(now_ns, jnp.int64)
+        now = obs.ts if now_ns is None else np.asarray(now_ns, np.int64)
         state, rows = self.tick(state, obs, now, depth)
         out = self.output(jax.device_get(rows))
         due = bool(out.refit_due) if refit is None else refit
@@ -329,7 +342,7 @@ class FunctionalPredictor:
         With ``refit_timing = "before"`` this runs both rates in one call.
         """
         obs_f, obs_i = graphs.obs_rows(obs_batch.y, obs_batch.ref, obs_batch.ts)
-        now = jnp.asarray(now_ns, jnp.int64)
+        now = np.asarray(now_ns, np.int64)
         if self._before:
             fast, fit, out = self._graph(depth, "before_batch")(
                 states.fast, states.fit, obs_f, obs_i, now, self._pf, self._pi
@@ -340,11 +353,26 @@ class FunctionalPredictor:
         )
         return PackedState(fast, states.fit), out
 
-    def refit_batch(self, states: PackedState, depth: int | None = None) -> PackedState:
-        """Refit the assets whose last tick was due, one after another."""
+    def refit_batch(
+        self, states: PackedState, due: Any, depth: int | None = None, *, donate: bool = False
+    ) -> PackedState:
+        """Refit the lanes flagged in ``due`` (host booleans, one per lane), one after another.
+
+        ``due`` is the ``refit_due`` column of the tick's output; lanes that
+        are not due cost nothing. ``donate`` lets the refits overwrite
+        ``states.fit`` in place (the caller must not use it afterwards).
+        """
         if self._before:
             return states
-        fit = self._graph(depth, "refit_batch")(states.fast, states.fit)
+        flags = np.asarray(due, dtype=bool)
+        lanes = np.flatnonzero(flags)
+        if lanes.size == 0:
+            return states
+        idx = np.zeros(flags.shape[0], np.int32)
+        idx[: lanes.size] = lanes
+        n = np.asarray(lanes.size, np.int32)
+        kind = "refit_batch!" if donate else "refit_batch"
+        fit = self._graph(depth, kind)(states.fast, states.fit, idx, n)
         return PackedState(states.fast, fit)
 
     def step_batch(
@@ -353,6 +381,8 @@ class FunctionalPredictor:
         obs_batch: Obs | ProcessState,
         now_ns: int | None = None,
         depth: int | None = None,
+        *,
+        donate: bool = False,
     ) -> tuple[PackedState, StepOutput]:
         """One tick of each of B assets (leading axis B) and their due refits.
 
@@ -360,7 +390,9 @@ class FunctionalPredictor:
         arrays. ``now_ns`` defaults to the largest timestamp of the batch
         with the event clock and to ``time.time_ns()`` with the wall clock.
         The output is on the host; it is copied before the refits are
-        dispatched, so they run while the caller reads it.
+        dispatched, so they run while the caller reads it. ``donate``: the
+        caller will not use ``states`` again, so the refits may write its
+        rows in place (faster for large batches).
         """
         if isinstance(obs_batch, ProcessState):
             obs_batch = make_obs(obs_batch.magnitude, obs_batch.reference, obs_batch.timestamp_ns)
@@ -371,8 +403,8 @@ class FunctionalPredictor:
                 else time.time_ns()
             )
         states, rows = self.tick_batch(states, obs_batch, now_ns, depth)
-        host = jax.device_get(rows)
-        return self.refit_batch(states, depth), self.output(host)
+        out = self.output(jax.device_get(rows))
+        return self.refit_batch(states, out.refit_due, depth, donate=donate), out
 
     # ------------------------------------------------------------------
     def scan(

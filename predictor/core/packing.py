@@ -37,6 +37,7 @@ class Rows(NamedTuple):
 
 
 class _Slot(NamedTuple):
+    path: str
     floating: bool
     start: int
     size: int
@@ -48,10 +49,10 @@ class Packer(Generic[T]):
     """Packs pytrees shaped like ``template`` into ``Rows`` and back."""
 
     def __init__(self, template: T) -> None:
-        leaves, self._treedef = jax.tree.flatten(template)
+        with_paths, self._treedef = jax.tree_util.tree_flatten_with_path(template)
         slots = []
         widths = [0, 0]
-        for leaf in leaves:
+        for key, leaf in with_paths:
             dtype = np.dtype(jnp.asarray(leaf).dtype)
             shape = tuple(int(d) for d in np.shape(leaf))
             floating = bool(np.issubdtype(dtype, np.floating))
@@ -59,9 +60,10 @@ class Packer(Generic[T]):
                 raise TypeError(f"floating leaves must be float64, got {dtype}")
             size = math.prod(shape)
             k = 0 if floating else 1
-            slots.append(_Slot(floating, widths[k], size, shape, dtype))
+            slots.append(_Slot(jax.tree_util.keystr(key), floating, widths[k], size, shape, dtype))
             widths[k] += size
         self._slots = tuple(slots)
+        self._by_path = {slot.path: slot for slot in slots}
         self.f_width, self.i_width = widths
 
     def pack(self, tree: T) -> Rows:
@@ -82,6 +84,8 @@ class Packer(Generic[T]):
 
     def unpack(self, rows: Rows) -> T:
         """The pytree of ``rows`` (inverse of ``pack``; numpy rows give numpy leaves)."""
+        if isinstance(rows.f, np.ndarray) and rows.f.ndim == 1:
+            return self._unpack_row(rows)
         xp: Any = np if isinstance(rows.f, np.ndarray) else jnp
         batch = rows.f.shape[:-1]
         leaves = []
@@ -91,6 +95,49 @@ class Packer(Generic[T]):
             leaves.append(xp.reshape(part, (*batch, *slot.shape)).astype(slot.dtype))
         tree: T = jax.tree.unflatten(self._treedef, leaves)
         return tree
+
+    def _unpack_row(self, rows: Rows) -> T:
+        # One host row: Python lists and numpy scalars are an order of magnitude
+        # cheaper than a slice, reshape and cast per leaf (it is on every tick's path).
+        f, i = rows.f.tolist(), rows.i.tolist()
+        leaves: list[Any] = []
+        for slot in self._slots:
+            values = f if slot.floating else i
+            if slot.shape == ():
+                leaves.append(slot.dtype.type(values[slot.start]))
+            else:
+                part = values[slot.start : slot.start + slot.size]
+                leaves.append(np.asarray(part, slot.dtype).reshape(slot.shape))
+        tree: T = jax.tree.unflatten(self._treedef, leaves)
+        return tree
+
+    def with_leaves(self, rows: Rows, values: dict[str, Any]) -> Rows:
+        """``rows`` with the scalar leaves named by path (``".gate.reject_run"``) replaced.
+
+        Inside a compiled graph this is a few in-place element updates
+        instead of re-packing every leaf.
+        """
+        f, i = rows
+        for path, value in values.items():
+            slot = self._by_path[path]
+            if slot.size != 1:
+                raise ValueError(f"{path} is not a scalar leaf")
+            if slot.floating:
+                f = f.at[..., slot.start].set(jnp.asarray(value, jnp.float64))
+            else:
+                i = i.at[..., slot.start].set(jnp.asarray(value).astype(jnp.int64))
+        return Rows(f, i)
+
+    def tail(self, rows: Rows, inner: Packer[Any]) -> Rows:
+        """The part of ``rows`` that holds the last field, packed by ``inner``.
+
+        Leaves are laid out in the order of ``jax.tree.flatten``, so the
+        leaves of a NamedTuple's last field end both rows; this reads them
+        without packing them a second time. ``inner`` must pack that field.
+        """
+        return Rows(
+            rows.f[..., self.f_width - inner.f_width :], rows.i[..., self.i_width - inner.i_width :]
+        )
 
     def empty(self, batch: tuple[int, ...] = ()) -> Rows:
         """Zero rows of this layout (numpy), for preallocation."""

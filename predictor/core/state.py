@@ -21,7 +21,7 @@ readable view (``FunctionalPredictor.view``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
@@ -32,11 +32,14 @@ from predictor.core.packing import Rows
 
 
 class Obs(NamedTuple):
-    """One observation as device scalars: magnitude, reference, timestamp (ns)."""
+    """Observation(s): magnitude, reference, timestamp (ns).
 
-    y: jax.Array  # float64
-    ref: jax.Array  # float64
-    ts: jax.Array  # int64
+    Traced arrays inside a graph; host (numpy) arrays on the way in.
+    """
+
+    y: Any  # float64
+    ref: Any  # float64
+    ts: Any  # int64
 
 
 class StepOutput(NamedTuple):
