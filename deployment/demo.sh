@@ -70,7 +70,9 @@ step "starting predictord (log: JSON lines, kept in $work/predictord.log)"
 "$bin/predictord" --config "$work/config.toml" --device cpu >"$work/predictord.log" 2>&1 &
 daemon_pid=$!
 deadline=$((SECONDS + 600))
-until "$ctl" --timeout 2 status >/dev/null 2>&1; do
+# The admin socket answers at once (status shows the warm-up); ticks are
+# stepped once the first bucket's graphs are compiled ("ready": true).
+until "$ctl" --timeout 2 --json status 2>/dev/null | grep -q '"ready": true'; do
     if ! kill -0 "$daemon_pid" 2>/dev/null; then
         echo "demo: predictord exited during start-up" >&2
         exit 1

@@ -38,6 +38,24 @@ PYTHON = sys.executable
 PREDICTOR_TABLE: dict[str, Any] = {"clock": "event", "shed_ladder": [3, 2]}
 TEST_CFG = PredictorConfig.from_dict(PREDICTOR_TABLE)
 BUCKETS = [16]
+#: A model made cheap for daemons whose test measures the service, not the forecast:
+#: the DGM network evaluated without training (``dgm_train_steps = 0``, the smallest
+#: network), a 32-point window with 4 scales, one signature depth (2).
+CHEAP_MODEL: dict[str, Any] = {
+    "dgm_solver": "dgm",
+    "dgm_train_steps": 0,
+    "dgm_width_size": 2,
+    "dgm_depth": 1,
+    "dgm_collocation_points": 4,
+    "wtmm_buffer_size": 32,
+    "wtmm_num_scales": 4,
+    "wiener_order": 2,
+    "signature_window": 8,
+    "levy_substeps": 1,
+    "sinkhorn_max_iter": 20,
+    "shed_ladder": [2],
+    "log_sig_depth": 2,
+}
 #: Persistent XLA compilation cache shared by the session's processes.
 JAX_CACHE = Path(tempfile.gettempdir()) / "predictor-test-jax-cache"
 #: Generous: the first daemon of a session compiles every graph on a busy CPU.
@@ -282,13 +300,16 @@ def offline_messages(
     *,
     depth: int,
     lanes: int = 16,
+    slots: Sequence[int] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Per asset, what the daemon must publish for each tick (without wire metadata).
 
     ``FunctionalPredictor.step_batch`` run offline: one asset per lane of a
     ``lanes``-wide batch (the daemon's buckets hold 2 or more lanes, all of
-    which round identically), cold strongly typed states as the daemon
-    builds them, ``depth`` fixed. A gate rejection is ``{"rejected": reason}``.
+    which round identically), cold states as the daemon builds them, ``depth``
+    fixed. The daemon's slot ``s`` refits on the ticks of phase ``s``: asset a
+    gets the phase of its slot, ``slots[a]`` (default: a, the a-th asset the
+    daemon saw). A gate rejection is ``{"rejected": reason}``.
     """
     import jax
 
@@ -298,10 +319,10 @@ def offline_messages(
     n_assets, n_ticks = series.shape
     assert n_assets <= lanes
     fp = FunctionalPredictor(cfg, warmup=False)
-    cold = jax.device_get(fp.init_state())
-    states = jax.device_put(
-        jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], lanes, axis=0), cold)
-    )
+    phases = list(range(n_assets)) if slots is None else list(slots)
+    phases += range(len(phases), lanes)  # padding lanes: any phase
+    cold = [jax.device_get(fp.init_state(phase=p)) for p in phases]
+    states = jax.device_put(jax.tree.map(lambda *rows: np.stack(rows), *cold))
     out: list[list[dict[str, Any]]] = [[] for _ in range(n_assets)]
     reasons = {1: "non_finite", 2: "outlier"}
     for k in range(n_ticks):
@@ -326,9 +347,9 @@ def offline_messages(
     return out
 
 
-#: StepOutput fields that are gate diagnostics, not PredictionResult fields.
+#: StepOutput fields that are gate and scheduling diagnostics, not PredictionResult fields.
 NOT_PUBLISHED = frozenset(
-    {"rejected", "reject_reason", "stale", "frequency_warning", "emergency_entered"}
+    {"rejected", "reject_reason", "stale", "frequency_warning", "emergency_entered", "refit_due"}
 )
 
 

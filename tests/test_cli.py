@@ -59,6 +59,9 @@ STATUS = {
         "level": 3,
         "depth": 3,
         "pinned": True,
+        "refit_interval": 32,
+        "refit_level": 1,
+        "refit_ladder": [16, 32, 64],
         "jitter_p95_ns": 12_300,
         "jitter_p99_ns": 40_100,
         "ewma_ns": 8_200,
@@ -229,9 +232,26 @@ def test_status_table_shows_every_section(admin: FakeAdmin, capsys: pytest.Captu
     assert "1523.2 ticks/s" in out or "1523.3 ticks/s" in out
     assert "Standard 2  Robust 1  Emergency 0" in out
     assert "3 (depth 3, pinned)" in out
+    assert "refit" in out and "every 32 ticks (ladder 16 -> 32 -> 64)" in out
+    assert "refit_level" not in out  # shown as part of the refit line
     assert "12.3 us" in out and "40.1 us" in out
     assert "snap-000042.msgpack" in out and "12.2s" in out
     assert "cusum_h" in out and "holder_threshold" in out and "ab" * 32 in out
+
+
+def test_status_shows_the_warm_up(admin: FakeAdmin, capsys: pytest.CaptureFixture[str]) -> None:
+    starting = {**STATUS, "state": "warming up: 3/8 graphs", "shed": None, "assets": 0}
+    starting["warmup"] = {"graphs": 3, "total": 8, "ready": False}
+    admin.overrides["status"] = starting
+    code, out, err = run(capsys, "--socket", str(admin.path), "status")
+    assert (code, err) == (0, "")
+    assert "warming up: 3/8 graphs" in out and "(serving)" not in out
+    assert "shed  -" in out  # no shedder before the engine is built
+    serving = {**starting, "warmup": {"graphs": 6, "total": 8, "ready": True}}
+    admin.overrides["status"] = {**serving, "state": "warming up: 6/8 graphs"}
+    code, out, _ = run(capsys, "--socket", str(admin.path), "status")
+    assert code == 0 and "warming up: 6/8 graphs (serving)" in out
+    assert "warmup" not in out  # shown as the state line, not as raw JSON
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 """predictord end to end: one real daemon subprocess, real sockets.
 
-Issue 8: 10 assets x 1,000 ticks -> 10,000 predictions, contiguous seq,
+10 assets x 1,000 ticks -> 10,000 predictions, contiguous seq,
 bit-for-bit equal to ``FunctionalPredictor`` offline; 10,000 malformed
 messages of 16 kinds (and hypothesis-generated ones) counted by reason;
 the shared-memory table read from another process; Prometheus scrapes.
-Issue 9 (server side): status, assets, vram, snapshot, shed, reload
+Admin commands (server side): status, assets, vram, snapshot, shed, reload
 (sensitivity applied, layout reported, invalid file refused, SIGHUP),
 admin abuse beside paced ticks, and drain.
 
@@ -139,13 +139,15 @@ def check_status_reports_endpoints_device_and_config(env: Env) -> None:
     assert s["device"].startswith("cpu")
     assert s["config"]["path"] == str(env.config)
     assert s["config"]["sensitivities"]["cusum_h"] == CFG.cusum_h
-    assert s["shed"] == {**s["shed"], "level": 0, "depth": DEPTH, "pinned": True}
+    # Pinned: the configured refit interval too (the offline reference uses it).
+    pinned = {"level": 0, "depth": DEPTH, "pinned": True, "refit_interval": CFG.refit_interval}
+    assert s["shed"] == {**s["shed"], **pinned}
     assert s["snapshot"] == {"path": None, "age_s": None}  # cold start, nothing written yet
     assert s["compiles"]["after_warmup"] == 0
     assert [e["event"] for e in env.daemon.events("cold_start")] == ["cold_start"]
 
 
-# --- issue 8: end to end, bit for bit ---------------------------------------------------
+# --- end to end, bit for bit ---------------------------------------------------------
 
 
 def check_ten_assets_thousand_ticks_bit_for_bit(env: Env, tmp_path: Path) -> None:
@@ -199,7 +201,7 @@ def check_ten_assets_thousand_ticks_bit_for_bit(env: Env, tmp_path: Path) -> Non
     assert s["modes"] == {m: modes.get(m, 0) for m in ("Standard", "Robust", "Emergency")}
 
 
-# --- issue 8: malformed input ----------------------------------------------------------------
+# --- malformed input ----------------------------------------------------------------------
 
 _GOOD = {"asset": "x", "y": 1.0, "ts": 1}
 BAD_KINDS: list[tuple[str, Any]] = [
@@ -329,7 +331,7 @@ def check_ten_thousand_malformed_messages_interleaved(env: Env) -> None:
     assert env.daemon.events("tick_malformed")  # logged (rate-limited)
 
 
-# --- issue 9: commands ------------------------------------------------------------------------
+# --- commands ------------------------------------------------------------------------------
 
 
 def check_assets_lists_every_asset(env: Env) -> None:
@@ -371,7 +373,14 @@ def check_snapshot_is_written_verified_and_reported(env: Env, tmp_path: Path) ->
 
 
 def check_shed_pins_and_releases(env: Env) -> None:
-    assert env.daemon.admin("shed", level=2) == {"ok": True, "level": 1, "depth": 2, "pinned": True}
+    k = CFG.refit_interval
+    assert env.daemon.admin("shed", level=2) == {
+        "ok": True,
+        "level": 1,
+        "depth": 2,
+        "pinned": True,
+        "refit_interval": k,
+    }
     assert env.daemon.admin("status")["shed"]["depth"] == 2
     refused = env.daemon.admin("shed", level=4)
     assert refused["ok"] is False and "not on the ladder" in refused["error"]
@@ -456,7 +465,7 @@ def check_sighup_reloads(env: Env) -> None:
     assert last["applied"] == ["cusum_h", "daemon.snapshot_interval_s"]
 
 
-# --- issue 9: abuse beside prediction ----------------------------------------------------------
+# --- abuse beside prediction ----------------------------------------------------------------
 
 
 def paced_latencies(env: Env, asset: str, n: int, rate: float, seed: int) -> list[float]:
@@ -498,8 +507,9 @@ def abuse(path: Path, stop: threading.Event, errors: list[str], i: int) -> None:
                 kind = i % 5
                 if kind == 0:
                     s.sendall(b'{"cmd": "status"}\n')
-                    if b'"ok":true' not in s.recv(65536):
-                        errors.append("status failed")
+                    reply = s.recv(65536)
+                    if b'"ok":true' not in reply:
+                        errors.append(f"status failed: {reply[:200]!r}")
                 elif kind == 1:
                     s.sendall(os.urandom(512).replace(b"\n", b"") + b"\n")
                     s.recv(65536)
@@ -547,7 +557,7 @@ def check_admin_abuse_does_not_disturb_prediction(env: Env) -> None:
     assert p99_busy < p99_quiet + 1000.0
 
 
-# --- issue 9: drain ------------------------------------------------------------------------------
+# --- drain ------------------------------------------------------------------------------------
 
 
 def check_drain_stops_cleanly(env: Env) -> None:

@@ -1,6 +1,7 @@
-"""predictord's lifecycle against a real subprocess: sd_notify and the watchdog,
-load shedding under an injected slowdown, the runtime-directory lock, and
-SIGTERM under load followed by a bit-identical restart from the final snapshot.
+"""predictord's lifecycle against a real subprocess: sd_notify and the watchdog
+(pings stop while the process is stopped with SIGSTOP), load shedding driven
+by a reloaded sensitivity, the runtime-directory lock, and SIGTERM under load
+followed by a bit-identical restart from the final snapshot.
 
 One daemon serves the first four steps, a restarted one the last; the steps
 are ``check_*`` functions run in order by the one test (a parallel run must
@@ -46,20 +47,25 @@ from tests.daemon_harness import (
 DEPTH = 3
 WATCHDOG_USEC = 1_000_000  # pings due every 0.5 s
 BUDGET_NS = 300_000_000  # above a normal step even on a loaded CPU
-SLOW_S = 0.5  # the injected slowdown per step
 SHED_WINDOW = 8
+#: Pause between two messages of the SIGTERM-under-load feeder (the stream lasts
+#: N_TICKS * PUSH_PAUSE_S, well beyond the stop request and the drain).
+PUSH_PAUSE_S = 0.025
+#: Jitter of a loaded machine must not trip the jitter criterion here ...
+CALM_NYQUIST_NS = 10_000_000_000
+#: ... and with this Nyquist interval every step's jitter does (a reload).
+TIGHT_NYQUIST_NS = 1
 CFG = TEST_CFG.replace(
     dgm_solver="fd",
     latency_budget_ns=BUDGET_NS,
     shed_recovery_windows=1,
-    besov_nyquist_interval_ns=10_000_000_000,
+    besov_nyquist_interval_ns=CALM_NYQUIST_NS,
 )
 PREDICTOR = {
     "dgm_solver": "fd",
     "latency_budget_ns": BUDGET_NS,
     "shed_recovery_windows": 1,
-    # Jitter of a loaded machine must not trip the jitter criterion here.
-    "besov_nyquist_interval_ns": 10_000_000_000,
+    "besov_nyquist_interval_ns": CALM_NYQUIST_NS,
 }
 
 
@@ -101,8 +107,7 @@ class Life:
     config: Path
     daemon: Daemon
     notify: NotifyListener
-    block: Path
-    slow: Path
+    table: dict[str, Any]
     ctx: Any
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -113,29 +118,28 @@ def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Life]:
 
     tmp = tmp_path_factory.mktemp("life")
     shm = f"predictor-test-life-{os.getpid()}"
-    table = {**base_daemon_table(tmp, shm), "shed": DEPTH, "drain_budget_s": 20.0}
+    table = {
+        **base_daemon_table(tmp, shm),
+        "shed": DEPTH,
+        "drain_budget_s": 20.0,
+        "shed_window": SHED_WINDOW,
+    }
     config = write_config(tmp / "config.toml", predictor=PREDICTOR, daemon=table)
     notify = NotifyListener(tmp / "notify.sock")
-    block, slow = tmp / "block-loop", tmp / "slow-step"
     daemon = Daemon(
         tmp,
         config,
-        env={
-            "NOTIFY_SOCKET": str(notify.path),
-            "WATCHDOG_USEC": str(WATCHDOG_USEC),
-            "PREDICTOR_TEST_BLOCK_LOOP_FILE": str(block),
-            "PREDICTOR_TEST_SLOW_STEP_FILE": str(slow),
-            "PREDICTOR_TEST_SHED_WINDOW": str(SHED_WINDOW),
-        },
+        env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)},
     )
     # Daemon.start drops NOTIFY_SOCKET from the parent's environment only.
     daemon.start()
     ctx = zmq.Context()
-    life = Life(tmp, config, daemon, notify, block, slow, ctx)
+    life = Life(tmp, config, daemon, notify, table, ctx)
     try:
         yield life
     finally:
-        block.unlink(missing_ok=True)
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.signal(signal.SIGCONT)  # never leave a stopped process behind
         daemon.kill()
         if "restarted" in life.notes:
             life.notes["restarted"].kill()
@@ -151,8 +155,13 @@ def log_time(event: dict[str, Any]) -> float:
 def check_ready_only_after_warmup_then_watchdog_cadence(life: Life) -> None:
     time.sleep(3.0)
     (ready,) = life.notify.times("READY=1")
-    warm = life.daemon.events("warmup_done")[0]
-    assert ready >= log_time(warm)
+    # The first (here: the only) bucket's graphs, at every depth of the ladder.
+    progress = life.daemon.events("warmup_progress")
+    assert [p["graphs"] for p in progress] == [1, 2] and progress[-1]["total"] == 2
+    assert ready >= log_time(progress[-1])
+    events = [e["event"] for e in life.daemon.events()]
+    assert events.index("admin_listening") < events.index("warmup_progress")
+    assert events.index("ready") < events.index("warmup_done")
     assert not [t for t in life.notify.times("WATCHDOG=1") if t < ready]
     pings = [t for t in life.notify.times("WATCHDOG=1") if t > ready + 0.2]
     gaps = np.diff(pings)
@@ -164,14 +173,28 @@ def check_ready_only_after_warmup_then_watchdog_cadence(life: Life) -> None:
 
 
 def check_watchdog_pings_stop_while_the_loop_is_blocked(life: Life) -> None:
-    life.block.touch()
-    time.sleep(0.8)  # an iteration in flight may still ping
-    since = time.time()
-    time.sleep(2.5)
-    assert [t for t in life.notify.times("WATCHDOG=1") if t > since] == []
-    life.block.unlink()
+    life.daemon.signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.3)  # a datagram already in the socket may still arrive
+        since = time.time()
+        time.sleep(2.5)
+        assert [t for t in life.notify.times("WATCHDOG=1") if t > since] == []
+    finally:
+        life.daemon.signal(signal.SIGCONT)
     time.sleep(1.5)
     assert [t for t in life.notify.times("WATCHDOG=1") if t > since]
+    assert life.daemon.admin("status")["ok"] is True
+
+
+def set_nyquist(life: Life, interval_ns: int) -> None:
+    """Rewrite the config with another Nyquist interval (a sensitivity) and reload it."""
+    write_config(
+        life.config,
+        predictor={**PREDICTOR, "besov_nyquist_interval_ns": interval_ns},
+        daemon=life.table,
+    )
+    reply = life.daemon.admin("reload")
+    assert reply["ok"] is True and reply["applied"] == ["besov_nyquist_interval_ns"], reply
 
 
 def check_load_shedding_steps_down_and_recovers_without_recompiling(life: Life) -> None:
@@ -192,26 +215,37 @@ def check_load_shedding_steps_down_and_recovers_without_recompiling(life: Life) 
 
     try:
         feed(10)
-        assert d.admin("status")["shed"]["level"] == 0
-        life.slow.write_text(str(SLOW_S))
-        feed(2 * SHED_WINDOW + 2)
-        slow_level = d.admin("status")["shed"]["level"]
-        life.slow.unlink()
-        feed(4 * SHED_WINDOW)
+        start = d.admin("status")["shed"]
+        assert (start["level"], start["refit_level"]) == (0, 0)
+        k0, k1, k2 = start["refit_ladder"]
+        # Every step's jitter now exceeds the (reloaded) Nyquist criterion. The
+        # shedder raises K twice before it cuts the depth: three switches, each
+        # after a settling window (and the window in progress at the reload).
+        set_nyquist(life, TIGHT_NYQUIST_NS)
+        feed(6 * SHED_WINDOW + 2)
+        tight = d.admin("status")["shed"]
+        set_nyquist(life, CALM_NYQUIST_NS)
+        feed(8 * SHED_WINDOW)  # three steps back up, each a settling and a calm window
         collector.wait_for(sent, 120)
         final = d.admin("status")
     finally:
-        life.slow.unlink(missing_ok=True)
         feeder.close()
         collector.close()
-    assert slow_level >= 1
-    assert final["shed"]["level"] == 0
-    changes = d.events("shed_level_changed")
-    reasons = [c["reason"] for c in changes if c["reason"] != "pin"]
-    assert reasons[0] == "latency" and reasons[-1] == "recovery"
-    depths = {c["new_depth"] for c in changes}
-    assert depths <= {3, 2}
-    assert final["compiles"]["after_warmup"] == 0  # depth switches reuse precompiled graphs
+    assert tight["level"] == 1 and tight["depth"] == 2 and tight["ladder"] == [3, 2]
+    assert tight["refit_interval"] == k2
+    assert (final["shed"]["level"], final["shed"]["refit_interval"]) == (0, k0)
+    changes = [c for c in d.events("shed_level_changed") if c["reason"] != "pin"]
+    assert [(c["new_depth"], c["new_refit_interval"]) for c in changes] == [
+        (3, k1),
+        (3, k2),
+        (2, k2),
+        (3, k2),
+        (3, k1),
+        (3, k0),
+    ]
+    assert [c["reason"] for c in changes] == ["jitter"] * 3 + ["recovery"] * 3
+    # Depth and refit-interval switches reuse the precompiled graphs.
+    assert final["compiles"]["after_warmup"] == 0
     assert [m["seq"] for m in collector.messages] == list(range(1, sent + 1))
     assert d.admin("shed", level=DEPTH)["pinned"] is True
 
@@ -251,11 +285,16 @@ def check_sigterm_under_load_then_bit_identical_restart(life: Life) -> None:
     done = threading.Event()
 
     def full_speed() -> None:
+        # Paced so that the stream outlasts the stop whatever the daemon's speed: a
+        # daemon faster than the feed empties the socket and closes its intake, a
+        # slower one is cut by the drain budget; either way ticks are left unsent.
         for k in range(N_TICKS):
+            if done.is_set():
+                return
             feeder.send_ticks(
                 [(names[a], float(series[a, k]), int(ts[a, k])) for a in range(N_ASSETS)]
             )
-        done.set()
+            time.sleep(PUSH_PAUSE_S)
 
     pusher = threading.Thread(target=full_speed, daemon=True)
     pusher.start()
@@ -264,6 +303,7 @@ def check_sigterm_under_load_then_bit_identical_restart(life: Life) -> None:
     stopping_at = time.time()
     d.signal(signal.SIGTERM)
     assert d.proc.wait(60) == 0  # type: ignore[union-attr]
+    done.set()  # the feed stops once the daemon is gone
     elapsed = time.time() - stopping_at
     time.sleep(1.0)  # the publisher lingers to flush; let the collector drain
     collector.close()
@@ -283,7 +323,9 @@ def check_sigterm_under_load_then_bit_identical_restart(life: Life) -> None:
     life.notes["drain"] = {"elapsed_s": elapsed, **closed}
     assert sum(n_first.values()) < N_ASSETS * N_TICKS  # the stop interrupted the stream
     pusher.join(60)
-    feeder.close()
+    # Ticks sent after the intake closed wait in the feeder's queue: drop them, or
+    # they would reach the restarted daemon when it binds the same endpoint.
+    feeder.sock.close(linger=0)
 
     # Restart on the same state directory: restored from the final snapshot.
     again = Daemon(life.tmp, life.config).start()
@@ -314,7 +356,9 @@ def check_sigterm_under_load_then_bit_identical_restart(life: Life) -> None:
     feeder.close()
     collector.close()
 
-    expected = offline_messages(CFG, series, ts, depth=DEPTH)
+    # Each asset refits on the ticks of its slot's phase, kept across the restart.
+    slots = [rows[name]["slot"] for name in names]
+    expected = offline_messages(CFG, series, ts, depth=DEPTH, slots=slots)
     for a, name in enumerate(names):
         msgs = received[name] + [m for m in second if m["asset"] == name]
         assert [m["seq"] for m in msgs] == list(range(1, N_TICKS + 1)), name

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from predictor.config import PredictorConfig
-from predictor.daemon.main import apply_environment, load_config, main
+from predictor.daemon.loading import load_config
+from predictor.daemon.main import apply_environment, main
 from predictor.daemon.settings import DaemonSettings
 from predictor.errors import ConfigError
+from predictor.xla import ISA_FLAG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,8 @@ def test_environment_for_jax_is_set_before_import(tmp_path: Path) -> None:
         "XLA_PYTHON_CLIENT_ALLOCATOR": "bfc",
         "TF_FORCE_GPU_ALLOW_GROWTH": "false",
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "XLA_FLAGS": ISA_FLAG,  # the determinism contract's instruction-set cap
     }
     # An operator's explicit environment wins over the file; --device over both.
     env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9", "JAX_PLATFORMS": "cuda"}
@@ -78,6 +82,9 @@ def test_environment_for_jax_is_set_before_import(tmp_path: Path) -> None:
     assert env["JAX_PLATFORMS"] == "cpu"
     apply_environment(settings, "auto", env)
     assert "JAX_PLATFORMS" not in env
+    env = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2 --xla_dump_to=/dev/null"}
+    assert apply_environment(settings, None, env)["XLA_FLAGS"] == env["XLA_FLAGS"]
+    assert ISA_FLAG not in env["XLA_FLAGS"]  # an explicit cap is kept
     env = {}
     apply_environment(DaemonSettings(xla_allocator="default", device="gpu"), None, env)
     assert "XLA_PYTHON_CLIENT_ALLOCATOR" not in env and env["JAX_PLATFORMS"] == "cuda"
@@ -89,6 +96,19 @@ def test_main_module_does_not_import_jax() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_library_import_leaves_the_compilation_cache_alone() -> None:
+    """Only the entry point chooses a persistent cache; importing the package must not."""
+    code = (
+        "import jax, predictor.daemon.service, predictor.core.functional; "
+        "print(jax.config.jax_compilation_cache_dir)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "None"
 
 
 def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +124,7 @@ def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_lock_refuses_a_second_holder(tmp_path: Path) -> None:
-    from predictor.daemon.service import AlreadyRunningError, acquire_lock
+    from predictor.daemon.lifecycle import AlreadyRunningError, acquire_lock
 
     fd = acquire_lock(tmp_path / "predictord.lock")
     try:

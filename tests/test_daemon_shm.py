@@ -1,6 +1,6 @@
 """predictord's shared-memory table under 100,000 updates, read from another process.
 
-Issue 8 acceptance: a reader in another process polling while the daemon
+A reader in another process polling while the daemon
 writes 100,000 updates never observes a torn record (each record carries a
 crc32 of its payload, verified on every copy) and sees the final value of
 every asset.
@@ -32,6 +32,7 @@ import zmq
 
 from predictor.ipc.shm import segment_path
 from tests.daemon_harness import (
+    CHEAP_MODEL,
     Collector,
     Daemon,
     Feeder,
@@ -45,23 +46,7 @@ from tests.daemon_harness import (
 N_ASSETS = 64  # one full bucket per step
 N_TICKS = 1600  # 102,400 ticks; every tick the gate accepts is one record update
 MIN_UPDATES = 100_000
-DEPTH = 2
-#: Predictor overrides of this daemon (see the module docstring).
-CHEAP_MODEL: dict[str, Any] = {
-    "dgm_solver": "dgm",
-    "dgm_train_steps": 0,
-    "dgm_width_size": 2,
-    "dgm_depth": 1,
-    "dgm_collocation_points": 4,
-    "wtmm_buffer_size": 32,
-    "wtmm_num_scales": 4,
-    "wiener_order": 2,
-    "signature_window": 8,
-    "levy_substeps": 1,
-    "sinkhorn_max_iter": 20,
-    "shed_ladder": [DEPTH],
-    "log_sig_depth": DEPTH,
-}
+DEPTH = int(CHEAP_MODEL["log_sig_depth"])  # its one signature depth
 #: Seconds to wait for every prediction (a loaded 2-core CI box needs ~30 s).
 PUBLISH_TIMEOUT_S = 600.0
 

@@ -50,7 +50,7 @@ def test_counters_move_between_scrapes(served: tuple[DaemonMetrics, MetricsServe
     m.mode_predictions.labels(mode="Robust").inc(2)
     m.set_mode_counts({"Standard": 7, "Emergency": 1})
     m.assets.set(8)
-    m.set_shedding(1, 2, 150_000.0, 400_000.0, 900_000.0)
+    m.set_shedding(1, 2, 150_000.0, 400_000.0, 900_000.0, 32)
     m.snapshot_age.set(12.5)
     m.snapshot_failures.inc()
     m.shutdown_duration.set(1.25)
@@ -75,6 +75,7 @@ def test_counters_move_between_scrapes(served: tuple[DaemonMetrics, MetricsServe
         ("predictor_assets", ()): 8,
         ("predictor_shed_level", ()): 1,
         ("predictor_shed_depth", ()): 2,
+        ("predictor_refit_interval", ()): 32,
         ("predictor_jitter_p95_seconds", ()): 150e-6,
         ("predictor_jitter_p99_seconds", ()): 400e-6,
         ("predictor_snapshot_age_seconds", ()): 12.5,

@@ -1,4 +1,5 @@
-"""bench.processes: each generator against its closed-form law."""
+"""predictor.synthetic (also importable as bench.processes): each generator against
+its closed-form law."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench import processes as P
+from predictor import synthetic as P
 
 
 @pytest.mark.parametrize("h", [0.2, 0.3, 0.5, 0.7])
@@ -139,3 +140,13 @@ def test_piecewise_segments() -> None:
         P.piecewise(np.random.default_rng(0), 10, [5], [0.0], [1.0])
     with pytest.raises(ValueError, match="increasing"):
         P.piecewise(np.random.default_rng(0), 10, [5, 3], [0, 0, 0], [1, 1, 1])
+
+
+def test_bench_processes_is_the_same_module_content() -> None:
+    """The benchmarks' old import path names the package's generators, not copies."""
+    from bench import processes
+
+    for name in processes.__all__:
+        assert getattr(processes, name) is getattr(P, name), name
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(processes.fbm(rng_a, 64, 0.7), P.fbm(rng_b, 64, 0.7))

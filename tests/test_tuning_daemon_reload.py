@@ -1,4 +1,4 @@
-"""Issue 11 acceptance: a tuning export reaches a running daemon through ``reload``.
+"""A tuning export reaches a running daemon through ``reload``.
 
 A real ``predictord`` runs on a config.toml; ``OptimizationResult.export_to_toml``
 writes tuned sensitivities into that very file, and the real ``predictorctl

@@ -31,6 +31,7 @@ from predictor.admin.feed import SYNTHETIC, FeedError, FeedResult, feed, read_cs
 from predictor.admin.watch import WatchError, watch
 from predictor.ipc.endpoints import default_endpoints
 from predictor.tuning import cli as tune_cli
+from predictor.xla import configure_deterministic_cpu
 
 PROG = "predictorctl"
 EXIT_OK = 0
@@ -198,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "shed",
         "show or set the load-shedding level",
-        "Without LEVEL, show the current shed level; with a signature depth of the "
-        "configured shed ladder, pin it; with 'auto', hand it back to the jitter monitor.",
+        "Without LEVEL, show the current shed level (signature depth and refit interval); "
+        "with a signature depth of the configured shed ladder, pin it (at the configured "
+        "refit interval); with 'auto', hand both back to the jitter monitor.",
     )
     p.add_argument("level", nargs="?", metavar="LEVEL|auto", type=_shed_level)
     add(
@@ -454,6 +456,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, _Io], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``predictorctl``; returns the exit status (0, 1 or 2; 130 on Ctrl-C)."""
+    configure_deterministic_cpu()  # an entry point: before any command starts JAX
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

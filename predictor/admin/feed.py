@@ -3,7 +3,7 @@
 Sources: a CSV file with a header row (the value column ``y`` or ``--column``;
 an optional ``ref`` column; an optional ``ts`` column in Unix nanoseconds used
 with ``use_file_ts``), or a seeded synthetic process from
-``bench.processes``. Each value goes out as one tick message
+``predictor.synthetic``. Each value goes out as one tick message
 (``predictor.ipc.wire.encode_tick``) stamped, unless the file's timestamps are
 asked for, with the wall clock at send time, kept strictly increasing, so a
 replay of an old series is not judged stale by the daemon's wall-clock
@@ -16,20 +16,17 @@ Pacing: tick ``i`` is sent no earlier than ``start + i / rate`` seconds
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.util
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import zmq
 from numpy.typing import NDArray
 
+from predictor import synthetic
 from predictor.ipc.endpoints import check_endpoint, ipc_path
 from predictor.ipc.wire import encode_tick
 
@@ -71,70 +68,43 @@ class FeedResult:
 # --- synthetic processes ---------------------------------------------------
 
 
-def _processes_module() -> ModuleType:
-    """``bench.processes``: imported, or loaded from the source checkout beside the package.
-
-    The console script does not have the repository root on ``sys.path``;
-    in a source checkout (editable install, container image) ``bench/`` sits
-    next to ``predictor/``.
-    """
-    try:
-        return importlib.import_module("bench.processes")
-    except ModuleNotFoundError:
-        pass
-    import predictor
-
-    candidate = Path(predictor.__file__).resolve().parents[1] / "bench" / "processes.py"
-    spec = importlib.util.spec_from_file_location("bench.processes", candidate)
-    if not candidate.is_file() or spec is None or spec.loader is None:
-        raise FeedError(
-            "synthetic processes need bench/processes.py from the source tree "
-            f"(not found at {candidate})"
-        )
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve annotations through sys.modules while the module executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _brownian(rng: np.random.Generator, n: int) -> FloatArray:
+    return np.asarray(synthetic.brownian(rng, n, sigma=1.0), dtype=np.float64)
 
 
-def _brownian(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    return np.asarray(p.brownian(rng, n, sigma=1.0), dtype=np.float64)
+def _fbm(rng: np.random.Generator, n: int) -> FloatArray:
+    return np.asarray(synthetic.fbm(rng, n, h=0.7), dtype=np.float64)
 
 
-def _fbm(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    return np.asarray(p.fbm(rng, n, h=0.7), dtype=np.float64)
+def _fgn(rng: np.random.Generator, n: int) -> FloatArray:
+    return np.asarray(synthetic.fgn(rng, n, h=0.7), dtype=np.float64)
 
 
-def _fgn(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    return np.asarray(p.fgn(rng, n, h=0.7), dtype=np.float64)
+def _ar1(rng: np.random.Generator, n: int) -> FloatArray:
+    return np.asarray(synthetic.ar1(rng, n, phi=0.9), dtype=np.float64)
 
 
-def _ar1(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    return np.asarray(p.ar1(rng, n, phi=0.9), dtype=np.float64)
+def _ou(rng: np.random.Generator, n: int) -> FloatArray:
+    return np.asarray(synthetic.ou(rng, n, theta=0.05, mu=0.0, sigma=1.0), dtype=np.float64)
 
 
-def _ou(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    return np.asarray(p.ou(rng, n, theta=0.05, mu=0.0, sigma=1.0), dtype=np.float64)
-
-
-def _merton(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    path = p.merton(rng, n, sigma=0.01, lam=0.01, jump_sd=0.05)
+def _merton(rng: np.random.Generator, n: int) -> FloatArray:
+    path = synthetic.merton(rng, n, sigma=0.01, lam=0.01, jump_sd=0.05)
     return np.asarray(path.log_price, dtype=np.float64)
 
 
-def _stable(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
-    return np.cumsum(np.asarray(p.stable_increments(rng, n, alpha=1.7), dtype=np.float64))
+def _stable(rng: np.random.Generator, n: int) -> FloatArray:
+    return np.cumsum(np.asarray(synthetic.stable_increments(rng, n, alpha=1.7), dtype=np.float64))
 
 
-def _piecewise(p: ModuleType, rng: np.random.Generator, n: int) -> FloatArray:
+def _piecewise(rng: np.random.Generator, n: int) -> FloatArray:
     if n < 2:
         raise FeedError("piecewise needs --count of at least 2")
-    out = p.piecewise(rng, n, [n // 2], [0.0, 3.0], [1.0, 1.0])
+    out = synthetic.piecewise(rng, n, [n // 2], [0.0, 3.0], [1.0, 1.0])
     return np.asarray(out.series, dtype=np.float64)
 
 
-_Generator = Callable[[ModuleType, np.random.Generator, int], FloatArray]
+_Generator = Callable[[np.random.Generator, int], FloatArray]
 
 #: name -> (generator, one-line description with its fixed parameters).
 SYNTHETIC: dict[str, tuple[_Generator, str]] = {
@@ -156,7 +126,7 @@ def synthetic_series(name: str, n: int, seed: int = 0) -> Series:
     if n < 1:
         raise FeedError(f"--count must be positive, got {n}")
     gen, _ = SYNTHETIC[name]
-    values = gen(_processes_module(), np.random.default_rng(seed), n)
+    values = gen(np.random.default_rng(seed), n)
     return Series(values)
 
 

@@ -137,6 +137,8 @@ def render_status(r: Mapping[str, Any]) -> str:
     rate = r.get("tick_rate")
     rate_text = f"{rate:.1f} ticks/s" if isinstance(rate, int | float) else fmt(rate)
     load = [("assets", fmt(r.get("assets"))), ("tick rate", rate_text), ("modes", mode_text)]
+    if "state" in r:
+        load.insert(0, ("state", state_text(r)))
 
     shed = _as_map(r.get("shed"))
     snap = _as_map(r.get("snapshot"))
@@ -147,7 +149,7 @@ def render_status(r: Mapping[str, Any]) -> str:
     cfg_pairs += [(f"{k}", fmt(v)) for k, v in sorted(sens.items())]
 
     known = ["version", "pid", "uptime_s", "device", "endpoints", "assets", "tick_rate"]
-    known += ["modes", "shed", "snapshot", "config"]
+    known += ["modes", "shed", "snapshot", "config", "state", "warmup"]
     parts = [
         head,
         _section("endpoints", endpoints),
@@ -162,8 +164,18 @@ def render_status(r: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def state_text(r: Mapping[str, Any]) -> str:
+    """The daemon's phase: ``running``, ``draining``, ``starting`` or ``warming up: 3/8
+    graphs``; while the larger buckets compile after READY, ``(serving)`` is added."""
+    state = fmt(r.get("state"))
+    warm = _as_map(r.get("warmup"))
+    if state.startswith("warming up") and warm.get("ready") is True:
+        return f"{state} (serving)"
+    return state
+
+
 def shed_pairs(shed: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Shed state lines: level and depth, pinned or automatic, jitter statistics."""
+    """Shed state lines: level and depth, pinned or automatic, refit interval, jitter."""
     if not shed:
         return []
     pinned = shed.get("pinned")
@@ -171,6 +183,12 @@ def shed_pairs(shed: Mapping[str, Any]) -> list[tuple[str, str]]:
     pairs = [
         ("level", f"{fmt(shed.get('level'))} (depth {fmt(shed.get('depth'))}, {how})"),
     ]
+    if "refit_interval" in shed:
+        refit = f"every {fmt(shed['refit_interval'])} ticks"
+        ladder = shed.get("refit_ladder")
+        if isinstance(ladder, list) and ladder:
+            refit += f" (ladder {' -> '.join(fmt(k) for k in ladder)})"
+        pairs.append(("refit", refit))
     for key, label in (
         ("jitter_p95_ns", "jitter p95"),
         ("jitter_p99_ns", "jitter p99"),
@@ -179,6 +197,7 @@ def shed_pairs(shed: Mapping[str, Any]) -> list[tuple[str, str]]:
         if key in shed:
             pairs.append((label, micros(shed[key])))
     known = {"ok", "level", "depth", "pinned", "jitter_p95_ns", "jitter_p99_ns", "ewma_ns"}
+    known |= {"refit_interval", "refit_ladder", "refit_level"}
     pairs += [(k, fmt(v)) for k, v in shed.items() if k not in known]
     return pairs
 

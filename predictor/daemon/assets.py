@@ -292,9 +292,10 @@ class AssetTable:
             obs = make_obs(p.ys, p.refs, p.tss)
             new, out_rows = self.fp.tick_batch(rows[i], obs, now_ns, depth)
             host = self.fp.output(jax.device_get(out_rows))
-            if np.any(np.asarray(host.refit_due)[: p.n]):
-                # Dispatched after the outputs are on the host: it runs while they are published.
-                new = self.fp.refit_batch(new, depth)
+            due = np.asarray(host.refit_due).copy()
+            due[p.n :] = False  # pad lanes are discarded: never refit them
+            # Dispatched after the outputs are on the host: it runs while they are published.
+            new = self.fp.refit_batch(new, due, depth, donate=True)  # gathered rows: ours
             return new, StepResult(host, p.n, time.perf_counter_ns() - start)
 
         if self._pool is None or len(padded) == 1:
@@ -334,8 +335,9 @@ class AssetTable:
             pad_only = _Padded(idx, sidx, ys, ys.copy(), np.ones(b, np.int64), 0)
             for depth in self.fp.depths:
                 self._run([pad_only], 1, depth)
-                # Pad lanes are never due: compile the refit graph of this bucket explicitly.
-                _ready(self.fp.refit_batch(_GATHER(self.stacked, idx), depth))
+                # Pad lanes are never due: compile this bucket's refit graph explicitly.
+                rows = _GATHER(self.stacked, idx)
+                _ready(self.fp.refit_batch(rows, np.arange(b) < 1, depth, donate=True))
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -7,9 +7,15 @@ when one asset has ``max_rounds`` ticks in hand: each tick of one asset is
 one batched step of the loop, so this bounds the time until the loop's next
 turn (admin commands, watchdog pings).
 
+Messages are taken whole by ``predictor.ipc.endpoints.recv_message``: one
+above ``max_msg_bytes`` is received and dropped (``too_large``) rather
+than refused by libzmq, which would drop the sender's connection and every
+valid tick queued behind it on that connection.
+
 A message that fails the wire schema (``predictor.ipc.wire.decode_ticks``),
-or carries more than one frame (``multipart``), touches nothing: its rejects
-are counted by reason (``predictor_rejects_total{reason}``), the message in
+is above ``max_msg_bytes`` (``too_large``) or carries more than one frame
+(``multipart``), touches nothing: its rejects are counted by reason
+(``predictor_rejects_total{reason}``), the message in
 ``predictor_malformed_messages_total``, and it is logged as
 ``tick_malformed``, at most ``log_per_s`` lines a second (the rest are
 summarised by a ``tick_malformed_suppressed`` line).
@@ -23,7 +29,8 @@ import zmq
 from structlog.typing import FilteringBoundLogger
 
 from predictor.daemon.metrics import DaemonMetrics
-from predictor.ipc.wire import Tick, decode_ticks
+from predictor.ipc.endpoints import recv_message
+from predictor.ipc.wire import RejectReason, Tick, decode_ticks
 
 #: A tick and its receipt time (``time.perf_counter_ns``).
 Received = tuple[Tick, int]
@@ -32,6 +39,8 @@ RejectNote = tuple[str, int | None, str]
 
 #: Reject label of a tick message with more than one frame (ticks are one frame).
 MULTIPART = "multipart"
+#: Reject label of a message above ``max_msg_bytes``.
+TOO_LARGE = str(RejectReason.TOO_LARGE)
 
 
 class Intake:
@@ -66,19 +75,23 @@ class Intake:
         deepest = 0
         per_asset: dict[str, int] = {}
         clock = time.perf_counter_ns
+        limit = self.max_msg_bytes
         while messages < budget and len(out) < budget and deepest < self.max_rounds:
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                msg = recv_message(sock, limit)
             except zmq.Again:
                 break
             t = clock()
             messages += 1
-            if sock.getsockopt(zmq.RCVMORE):
-                while sock.getsockopt(zmq.RCVMORE):
-                    sock.recv()
-                self._reject([(MULTIPART, None, "multi-frame message")], len(frame))
+            frame = msg.data
+            if frame is None:
+                if msg.too_large:
+                    note = (TOO_LARGE, None, f"{msg.size} bytes > {limit}")
+                else:
+                    note = (MULTIPART, None, f"{msg.parts} frames")
+                self._reject([note], msg.size)
                 continue
-            ticks, rejects = decode_ticks(frame, max_frame_bytes=self.max_msg_bytes)
+            ticks, rejects = decode_ticks(frame, max_frame_bytes=limit)
             for tick in ticks:
                 out.append((tick, t))
                 depth = per_asset.get(tick.asset, 0) + 1

@@ -21,7 +21,10 @@ nothing of JAX: it sets
   ``[daemon]`` table, unless already set in the environment (an operator's
   explicit environment wins, like ``PREDICTOR_<FIELD>`` does);
 * ``JAX_COMPILATION_CACHE_DIR`` to ``<snapshot dir>/xla-cache`` unless set,
-  so that a restart loads its compiled graphs from disk,
+  so that a restart loads its compiled graphs from disk, and
+  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` to 0 unless set, so that
+  the small graphs (gather, scatter, cold-state construction) are cached
+  too (the library itself never sets either: only this entry point does),
 
 and only then imports ``predictor.daemon.service``.
 
@@ -33,18 +36,15 @@ invalid config or usage.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
-import tomllib
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from predictor.config import PredictorConfig, env_overrides
+from predictor.daemon.loading import load_config
 from predictor.daemon.settings import DaemonSettings
 from predictor.errors import ConfigError
+from predictor.xla import configure_deterministic_cpu
 
 CONFIG_ENV = "PREDICTOR_CONFIG"
 PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}
@@ -52,48 +52,6 @@ PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}
 #: loads the compiled graphs instead of compiling them again (minutes on a
 #: small CPU).
 XLA_CACHE_DIR = "xla-cache"
-
-
-@dataclass(frozen=True)
-class LoadedConfig:
-    """A validated configuration and where it came from.
-
-    ``path`` is None for the embedded defaults; ``sha256`` is the hex digest
-    of the file's bytes (of the canonical JSON of both tables when embedded).
-    """
-
-    predictor: PredictorConfig
-    daemon: DaemonSettings
-    path: Path | None
-    sha256: str
-
-
-def load_config(path: str | os.PathLike[str] | None) -> LoadedConfig:
-    """Read and validate a config file (or the embedded defaults for None).
-
-    Raises ``ConfigError`` naming the offending key, or ``OSError`` if the
-    file cannot be read.
-    """
-    if path is None:
-        cfg = PredictorConfig.from_dict(env_overrides())
-        settings = DaemonSettings()
-        canonical = json.dumps(
-            {"predictor": cfg.to_dict(), "daemon": settings.model_dump(mode="json")},
-            sort_keys=True,
-        )
-        return LoadedConfig(cfg, settings, None, hashlib.sha256(canonical.encode()).hexdigest())
-    p = Path(path)
-    raw = p.read_bytes()
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError("<file>", str(p), f"valid UTF-8 TOML ({exc})") from exc
-    cfg = PredictorConfig.from_toml(p)
-    table = doc.get("daemon", {})
-    if not isinstance(table, dict):
-        raise ConfigError("daemon", table, "a TOML table")
-    settings = DaemonSettings.from_mapping(table)
-    return LoadedConfig(cfg, settings, p.absolute(), hashlib.sha256(raw).hexdigest())
 
 
 def apply_environment(
@@ -113,12 +71,16 @@ def apply_environment(
         env.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", settings.xla_allocator)
     env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true" if settings.gpu_allow_growth else "false")
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(settings.state_dir(env) / XLA_CACHE_DIR))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    configure_deterministic_cpu(env)
     names = (
         "JAX_PLATFORMS",
         "XLA_PYTHON_CLIENT_MEM_FRACTION",
         "XLA_PYTHON_CLIENT_ALLOCATOR",
         "TF_FORCE_GPU_ALLOW_GROWTH",
         "JAX_COMPILATION_CACHE_DIR",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+        "XLA_FLAGS",
     )
     return {k: env[k] for k in names if k in env}
 

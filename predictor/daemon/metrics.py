@@ -126,9 +126,15 @@ class DaemonMetrics:
         self.shed_depth = Gauge(
             "shed_depth", "Signature depth of the current level.", namespace=ns, registry=r
         )
+        self.refit_interval = Gauge(
+            "refit_interval",
+            "Ticks between refits of the cached fits (K) in force; load shedding may raise it.",
+            namespace=ns,
+            registry=r,
+        )
         self.shed_switches = Counter(
             "shed_switches",
-            "Automatic load-shedding level switches, by direction.",
+            "Automatic load-shedding switches (depth or refit interval), by direction.",
             ["direction"],
             namespace=ns,
             registry=r,
@@ -188,11 +194,18 @@ class DaemonMetrics:
             self.assets_by_mode.labels(mode=mode).set(counts.get(mode, 0))
 
     def set_shedding(
-        self, level: int, depth: int, jitter_p95_ns: float, jitter_p99_ns: float, ewma_ns: float
+        self,
+        level: int,
+        depth: int,
+        jitter_p95_ns: float,
+        jitter_p99_ns: float,
+        ewma_ns: float,
+        refit_interval: int,
     ) -> None:
-        """Export the load shedder's state (ns in, seconds out)."""
+        """Export the load shedder's state (ns in, seconds out; K in ticks)."""
         self.shed_level.set(level)
         self.shed_depth.set(depth)
+        self.refit_interval.set(refit_interval)
         self.jitter_p95.set(jitter_p95_ns * 1e-9)
         self.jitter_p99.set(jitter_p99_ns * 1e-9)
         self.ewma_latency.set(ewma_ns * 1e-9)

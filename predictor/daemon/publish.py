@@ -28,7 +28,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from predictor.core.step import REJECT_NON_FINITE, REJECT_OUTLIER, StepOutput
+from predictor.core.gate import REJECT_NON_FINITE, REJECT_OUTLIER
+from predictor.core.state import StepOutput
 from predictor.core.types import MODES
 from predictor.daemon.assets import AssetTable, StepResult
 from predictor.daemon.intake import Received

@@ -49,11 +49,28 @@ class DaemonSettings(BaseModel):
     )
     initial_capacity: int = Field(64, ge=1, le=10_000_000, description="asset slots at start")
     max_assets: int = Field(100_000, ge=1, le=10_000_000, description="refuse new assets beyond")
-    max_msg_bytes: int = Field(1 << 20, ge=64, le=1 << 30, description="ZMQ_MAXMSGSIZE")
+    max_msg_bytes: int = Field(
+        1 << 20,
+        ge=64,
+        le=1 << 30,
+        description="largest tick message (bytes); a larger one is dropped and counted as "
+        "too_large, its sender keeps its connection (libzmq's ZMQ_MAXMSGSIZE is 16x this: "
+        "only a message above that costs the sender its connection)",
+    )
     rcvhwm: int = Field(100_000, ge=1, description="PULL receive high-water mark")
     sndhwm: int = Field(100_000, ge=1, description="PUB send high-water mark")
     shm_name: str = Field("predictor-latest", description="/dev/shm segment; '' disables")
     shed: Literal["auto"] | int = Field("auto", description="'auto' or a pinned depth")
+    shed_window: int = Field(
+        128, ge=1, le=1_000_000, description="steps per load-shedding decision window"
+    )
+    shed_refit_doublings: int = Field(
+        2,
+        ge=0,
+        le=12,
+        description="times load shedding may double refit_interval before cutting the depth "
+        "(2: K -> 2K -> 4K; 0: never)",
+    )
     emergency_dump_dir: str = Field("", description="'' = <snapshot_dir>/emergency")
     device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="JAX platform")
     xla_mem_fraction: float = Field(0.7, gt=0, le=1, description="XLA_PYTHON_CLIENT_MEM_FRACTION")
