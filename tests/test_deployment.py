@@ -556,10 +556,13 @@ def test_run_script_starts_the_daemon_and_sigterm_reaches_it(short_dir: Path):
             )
             if answer.returncode == 0:
                 status = json.loads(answer.stdout)
-                break
+                # The admin socket answers during warm-up already: wait for READY.
+                if status.get("warmup", {}).get("ready"):
+                    break
             time.sleep(0.5)
         log.flush()
         assert status is not None, (short_dir / "daemon.log").read_text()[-4000:]
+        assert status["warmup"]["ready"], status
         # exec: the daemon answering on the admin socket is the script's own process.
         assert status["pid"] == proc.pid
         assert status["ok"] is True and status["config"]["path"] == str(cfg)

@@ -15,7 +15,8 @@ import structlog
 from predictor.api import ConfigReloadablePredictor, UniversalPredictor
 from predictor.config import PredictorConfig
 from predictor.core.functional import FunctionalPredictor, make_obs, output_to_result
-from predictor.core.step import REJECT_NON_FINITE, REJECT_OUTLIER, dgm_steps_for_depth
+from predictor.core.gate import REJECT_NON_FINITE, REJECT_OUTLIER
+from predictor.core.step import dgm_steps_for_depth
 from predictor.core.types import ProcessState
 from predictor.errors import DomainError
 
