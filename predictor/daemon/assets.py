@@ -22,11 +22,13 @@ A batched step is a few jitted calls with fixed shapes:
 
 ``step_parts`` steps several disjoint groups of assets of one round: the
 gathers and scatters run on the calling thread (the scatters donate the
-stacked state, so they are sequential), the steps of the parts on a pool
-of ``workers`` threads, which XLA runs on separate cores (it releases the
-GIL). ``split_sizes`` cuts a round into parts sized to the buckets: every
-padded lane of a ``lax.map`` batch costs a whole step, so a round of 100
-assets runs as 64 + 4 x 8 + 4 x 1 lanes rather than one batch of 512.
+stacked state, so they are sequential), the steps of the parts one after
+another by default (``workers = 1``). With the vmapped tick, XLA already
+spreads a large part over the cores; two vmapped ticks dispatched from two
+threads at once were seen to wait on each other forever (1,000 assets, two
+parts of 512 lanes), so a pool of ``workers > 1`` threads is opt-in.
+``split_sizes`` cuts a round into parts sized to the buckets, so a round of
+100 assets runs as 64 + 4 x 8 + 4 x 1 lanes rather than one batch of 512.
 
 Shapes depend only on B and the capacity, so after ``warmup`` (every bucket
 x every depth) nothing compiles until the capacity grows. Growth doubles
@@ -162,7 +164,7 @@ class AssetTable:
         max_assets: int,
         buckets: Sequence[int],
         log: FilteringBoundLogger,
-        workers: int = 2,
+        workers: int = 1,
     ) -> None:
         if capacity < 1 or max_assets < 1:
             raise ValueError("capacity and max_assets must be >= 1")
