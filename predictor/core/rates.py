@@ -18,19 +18,18 @@ import jax.numpy as jnp
 
 from predictor.config import PredictorConfig
 from predictor.core import sia
-from predictor.core.gate import REJECT_NONE, gate_reject
+from predictor.core.gate import REJECT_NONE
 from predictor.core.kernels import a_wiener, b_dgm, c_levy
 from predictor.core.params import Params
 from predictor.core.sia.window import standardize_frame
 from predictor.core.state import AssetState, FastState, FitState, Obs, StepOutput
 from predictor.core.step import (
     Advanced,
-    advance,
     combine,
     dgm_steps_for_depth,
     finish,
     forecast,
-    safe_obs,
+    gated_advance,
     tick,
     tree_where,
 )
@@ -73,12 +72,10 @@ def begin(
     ``refit_timing = "before"`` only.
     """
     fast = state.fast
-    reason = gate_reject(fast, obs)
-    accepted = reason == REJECT_NONE
-    advanced, ctx = advance(fast, safe_obs(fast, obs, ~accepted), now_ns, params, cfg)
+    reason, advanced, ctx = gated_advance(fast, obs, now_ns, params, cfg)
     k = jnp.maximum(params.refit_interval, 1)
     scheduled = (advanced.count + fast.phase) % k == 0
-    due = accepted & (scheduled | ctx.alarm | fast.refit_pending)
+    due = (reason == REJECT_NONE) & (scheduled | ctx.alarm | fast.refit_pending)
     return Begun(advanced, ctx, reason, due)
 
 
@@ -157,9 +154,8 @@ def full_step(
     path; it is the reference of the two-rate schedule's tests and accuracy.
     """
     fast = state.fast
-    reason = gate_reject(fast, obs)
+    reason, advanced, ctx = gated_advance(fast, obs, now_ns, params, cfg)
     accepted = reason == REJECT_NONE
-    advanced, ctx = advance(fast, safe_obs(fast, obs, ~accepted), now_ns, params, cfg)
     z, mean, scale = standardize_frame(advanced.buffer)
     ka, pa, _ = a_wiener.update(state.fit.kernel_a, z, cfg)
     kb, pb, _ = b_dgm.update(state.fit.kernel_b, z, cfg, dgm_steps_for_depth(cfg, depth))

@@ -333,11 +333,21 @@ def combine(
     return new, out
 
 
-def safe_obs(fast: FastState, obs: Obs, rejected: jax.Array) -> Obs:
-    # A rejected tick must not poison arithmetic below; its results are discarded.
-    return Obs(
+def gated_advance(
+    fast: FastState, obs: Obs, now_ns: jax.Array, params: Params, cfg: PredictorConfig
+) -> tuple[jax.Array, FastState, Advanced]:
+    """The gate's reject reason, and ``advance`` as if the tick were accepted.
+
+    A rejected value is replaced by the last one so that its arithmetic stays
+    finite; the caller discards what it produced.
+    """
+    reason = gate_reject(fast, obs)
+    rejected = reason != REJECT_NONE
+    safe = Obs(
         jnp.where(rejected, fast.buffer[-1], obs.y), jnp.where(rejected, 0.0, obs.ref), obs.ts
     )
+    advanced, ctx = advance(fast, safe, now_ns, params, cfg)
+    return reason, advanced, ctx
 
 
 def rejected_state(fast: FastState, reason: jax.Array) -> FastState:
@@ -374,10 +384,7 @@ def accept(
     ``tick`` selects between this and ``rejected_state``; the compiled graphs
     select on packed rows instead, two operations rather than one per leaf.
     """
-    fast = state.fast
-    reason = gate_reject(fast, obs)
-    safe = safe_obs(fast, obs, reason != REJECT_NONE)
-    advanced, ctx = advance(fast, safe, now_ns, params, cfg)
+    reason, advanced, ctx = gated_advance(state.fast, obs, now_ns, params, cfg)
     new, out = forecast(advanced, state.fit, ctx, params, cfg, depth)
     return reason, new, out
 
