@@ -200,6 +200,7 @@ class FunctionalPredictor:
         self._packers = graphs.packers(self._layout)
         self._before = self.config.refit_timing == "before"
         self._cold: PackedState | None = None
+        self._phase_col = self._packers.fast.column(".phase")  # in the int row
         self._set_param_rows()
         if warmup:
             self.warmup()
@@ -227,8 +228,7 @@ class FunctionalPredictor:
         rows: PackedState = jax.tree.map(
             lambda x: np.repeat(np.asarray(x)[None], n, axis=0), self._cold
         )
-        (col,) = _phase_index(self._packers, self.config)
-        rows.fast.i[:, col] = first_phase + np.arange(n, dtype=np.int64)
+        rows.fast.i[:, self._phase_col] = first_phase + np.arange(n, dtype=np.int64)
         return rows
 
     def replicate(self, state: PackedState, n: int) -> PackedState:
@@ -236,8 +236,7 @@ class FunctionalPredictor:
         rows: PackedState = jax.tree.map(
             lambda x: np.repeat(np.asarray(x)[None], n, axis=0), jax.device_get(state)
         )
-        (col,) = _phase_index(self._packers, self.config)
-        rows.fast.i[:, col] = np.arange(n, dtype=np.int64)
+        rows.fast.i[:, self._phase_col] = np.arange(n, dtype=np.int64)
         return jax.device_put(rows)  # type: ignore[no-any-return]
 
     def pack(self, state: AssetState) -> PackedState:
@@ -292,19 +291,22 @@ class FunctionalPredictor:
 
         With ``refit_timing = "before"`` this runs both rates in one call.
         """
+        return self._tick(state, obs, now_ns, depth, "")
+
+    def _tick(
+        self, states: PackedState, obs: Obs, now_ns: Any, depth: int | None, suffix: str
+    ) -> tuple[PackedState, Rows]:
+        """The tick graph of one asset (``suffix=""``) or of a batch (``"_batch"``)."""
         obs_f, obs_i = graphs.obs_rows(obs.y, obs.ref, obs.ts)
+        args = (states.fast, states.fit, obs_f, obs_i, np.asarray(now_ns, np.int64))
         if self._before:
-            fast, fit, out = self._graph(depth, "before")(
-                state.fast, state.fit, obs_f, obs_i, now_ns, self._pf, self._pi
-            )
+            fast, fit, out = self._graph(depth, "before" + suffix)(*args, self._pf, self._pi)
             return PackedState(fast, fit), out
-        fast, out = self._graph(depth, "tick")(
-            state.fast, state.fit, obs_f, obs_i, now_ns, self._pf, self._pi
-        )
-        return PackedState(fast, state.fit), out
+        fast, out = self._graph(depth, "tick" + suffix)(*args, self._pf, self._pi)
+        return PackedState(fast, states.fit), out
 
     def refit(self, state: PackedState, depth: int | None = None) -> PackedState:
-        """Recompute one asset's cached fits from its window ."""
+        """Recompute one asset's cached fits from its window."""
         fit = self._graph(depth, "refit")(state.fast, state.fit)
         return PackedState(state.fast, fit)
 
@@ -341,17 +343,7 @@ class FunctionalPredictor:
 
         With ``refit_timing = "before"`` this runs both rates in one call.
         """
-        obs_f, obs_i = graphs.obs_rows(obs_batch.y, obs_batch.ref, obs_batch.ts)
-        now = np.asarray(now_ns, np.int64)
-        if self._before:
-            fast, fit, out = self._graph(depth, "before_batch")(
-                states.fast, states.fit, obs_f, obs_i, now, self._pf, self._pi
-            )
-            return PackedState(fast, fit), out
-        fast, out = self._graph(depth, "tick_batch")(
-            states.fast, states.fit, obs_f, obs_i, now, self._pf, self._pi
-        )
-        return PackedState(fast, states.fit), out
+        return self._tick(states, obs_batch, now_ns, depth, "_batch")
 
     def refit_batch(
         self, states: PackedState, due: Any, depth: int | None = None, *, donate: bool = False
@@ -436,13 +428,6 @@ class FunctionalPredictor:
 def _scalar(x: Any) -> float:
     """A float from a Python number or a one-element array (the specification's shape (1,))."""
     return float(np.asarray(x, dtype=np.float64).reshape(-1)[0]) if np.size(x) == 1 else float(x)
-
-
-def _phase_index(p: graphs.Packers, cfg: PredictorConfig) -> np.ndarray:
-    """Column of ``FastState.phase`` in the fast int row."""
-    a = p.fast.pack(init_state(cfg, phase=0).fast).i
-    b = p.fast.pack(init_state(cfg, phase=1).fast).i
-    return np.flatnonzero(np.asarray(a) != np.asarray(b))
 
 
 def fit_verdict(final: StepOutput, cusum_h: float) -> bool:

@@ -111,6 +111,13 @@ class Packer(Generic[T]):
         tree: T = jax.tree.unflatten(self._treedef, leaves)
         return tree
 
+    def column(self, path: str) -> int:
+        """Column of the scalar leaf ``path`` (``".phase"``) in its row."""
+        slot = self._by_path[path]
+        if slot.size != 1:
+            raise ValueError(f"{path} is not a scalar leaf")
+        return slot.start
+
     def with_leaves(self, rows: Rows, values: dict[str, Any]) -> Rows:
         """``rows`` with the scalar leaves named by path (``".gate.reject_run"``) replaced.
 
