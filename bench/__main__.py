@@ -34,7 +34,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Benchmark modules in run order; absent ones are skipped.
-MODULES = ("accuracy", "changepoints", "speed", "holder", "snapshots", "daemon", "tuning")
+MODULES = (
+    "accuracy",
+    "changepoints",
+    "labelled_changes",
+    "speed",
+    "holder",
+    "snapshots",
+    "daemon",
+    "tuning",
+)
 #: Modules whose compile-time figures must be cold in a full run.
 COLD_IN_FULL = frozenset({"speed"})
 CACHE_DIR = ROOT / "build" / "jax-cache"
@@ -86,7 +95,7 @@ def git_commit() -> str:
 def versions() -> str:
     """Versions of the packages the figures depend on."""
     out = [f"Python {platform.python_version()}"]
-    for pkg in ("jax", "jaxlib", "numpy", "river", "statsmodels"):
+    for pkg in ("jax", "jaxlib", "numpy", "river", "ruptures", "statsmodels"):
         try:
             out.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
