@@ -38,6 +38,7 @@ MODULES = (
     "accuracy",
     "changepoints",
     "labelled_changes",
+    "flags",
     "speed",
     "holder",
     "snapshots",

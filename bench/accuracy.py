@@ -110,6 +110,7 @@ class WalkStep(NamedTuple):
     warming: jax.Array
     weights: jax.Array
     emergency: jax.Array
+    collapse: jax.Array
     rejected: jax.Array
 
 
@@ -126,6 +127,7 @@ class Walk:
     warming: NDArray[np.bool_]
     weights: FloatArray  # (n, 4)
     emergency: NDArray[np.bool_]
+    collapse: NDArray[np.bool_]
     rejected: NDArray[np.bool_]
     first_chunk_s: float  # wall time of the first chunk (compile + run)
     rest_s: float  # wall time of the other chunks
@@ -158,6 +160,7 @@ def _walk_graph(cfg: PredictorConfig, depth: int) -> WalkFn:
                 warming=out.warming_up,
                 weights=out.weights,
                 emergency=out.emergency_mode,
+                collapse=out.mode_collapse_warning,
                 rejected=out.rejected,
             )
             return new, rec
@@ -205,6 +208,7 @@ def walk_forward(
         warming=col["warming"].astype(bool),
         weights=col["weights"].astype(np.float64),
         emergency=col["emergency"].astype(bool),
+        collapse=col["collapse"].astype(bool),
         rejected=col["rejected"].astype(bool),
         first_chunk_s=times[0],
         rest_s=float(sum(times[1:])),

@@ -17,8 +17,9 @@ it raised an alarm, so its detection delay counts against it.
 * ``predictor``: the ticks with ``regime_change_detected`` set in
   ``bench.accuracy.walk_forward`` over the raw values, shipped config
   (``DEFAULT_CONFIG``, a ``wtmm_buffer_size``-value window). Several series
-  are shorter than that window: the predictor is still warming up over all of
-  them, and the tables report what it does there (its warm-up ticks with it);
+  are shorter than that window: the predictor's window is still filling over
+  all of them (``warming_up``); its detector works from ``min_history`` ticks
+  on, and the tables report the ticks with ``warming_up`` set;
 * ``zero``: no change point (only the start, which every prediction gets);
 * river ``PageHinkley`` and ``ADWIN`` (default settings; they reset after a
   detection), fed the raw series standardised by the mean and standard
@@ -215,7 +216,8 @@ def run(quick: bool) -> list[str]:
         f"detectors see the series standardised by its first {STANDARDISE_TICKS} values; "
         "PELT (l2 cost, penalty 3 log n on the scaled series) sees the whole series. "
         f"The predictor runs its shipped config ({DEFAULT_CONFIG.wtmm_buffer_size}-value "
-        "window), warming up over its first window (the whole of the shorter series)."
+        f"window; alarms possible from tick {DEFAULT_CONFIG.min_history}, the window "
+        "filling over the whole of the shorter series)."
         + (f" Quick version: series of at most {QUICK_MAX_LEN} values." if quick else ""),
         "",
         f"### Mean over the {len(results)} series",
@@ -230,7 +232,7 @@ def run(quick: bool) -> list[str]:
         lines += [
             f"### {r.series.name} ({n} values)",
             "",
-            f"Annotated: {annotated}. Predictor warm-up: {r.warmup} ticks.",
+            f"Annotated: {annotated}. Predictor window filling: {r.warmup} ticks.",
             "",
             M.markdown_table(["detector", "F1", "cover", "change points"], rows),
             "",

@@ -43,8 +43,11 @@ mkdir -m 0750 "$RUNTIME_DIRECTORY" "$STATE_DIRECTORY"
 # and a shared-memory name of its own, so a running daemon is not disturbed;
 # one asset needs one batch bucket and the demo one signature depth (the
 # default 3), so warm-up compiles one graph instead of twelve; the 100-value
-# series gets a 48-tick window (default 128) so that it leaves the cold-start
-# phase (flag W, forecast = last value) after 48 ticks.
+# series gets a 48-tick window (default 128) so that the window fills (flag W
+# clears, the circuit breaker arms) within the series, and a regime detector
+# for a short series: cusum_h = 3 (the default 8 is tuned for long streams,
+# about 10,000 ticks between false alarms; at 3 it is about 60), which flags
+# the drop of the Nile's flow after the Aswan dam works of 1898.
 "$bin/python" - "$root/deployment/config.toml" "$work/config.toml" <<'PY'
 import os
 import sys
@@ -56,6 +59,7 @@ with open(sys.argv[1], "rb") as fh:
     doc = tomllib.load(fh)
 doc["predictor"]["shed_ladder"] = [doc["predictor"].get("log_sig_depth", 3)]
 doc["predictor"]["wtmm_buffer_size"] = 48
+doc["predictor"]["cusum_h"] = 3.0
 doc.setdefault("daemon", {}).update(
     batch_buckets=[1],
     metrics_host="127.0.0.1",

@@ -3,11 +3,13 @@
 It holds one ``AssetState`` and a ``FunctionalPredictor``; each ``step``
 is one compiled call and one host transfer of the result. Gate events are
 logged through structlog with the specification's warning names
-(``DomainError``, ``StalenessWarning``, ``FrequencyWarning``).
+(``DomainError``, ``StalenessWarning``, ``FrequencyWarning``); a rejection's
+log line and result name its reason (``predictor.core.gate.REJECT_NAMES``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -24,7 +26,7 @@ import structlog
 from predictor.compat import single_observation
 from predictor.config import PredictorConfig
 from predictor.core.functional import FunctionalPredictor, fit_verdict, output_to_result
-from predictor.core.gate import REJECT_NON_FINITE
+from predictor.core.gate import REJECT_NAMES
 from predictor.core.state import AssetState, PackedState, StepOutput
 from predictor.core.types import PredictionResult, ProcessState
 from predictor.errors import DomainError, FrequencyWarning, StalenessWarning
@@ -37,8 +39,17 @@ log = structlog.get_logger("predictor.api")
 class UniversalPredictor:
     """One asset, state in local (device) memory.
 
-    ``step`` returns the previous valid result for a rejected tick (outlier
-    or non-finite). ``fit_history`` bootstraps the state from a history in
+    ``step`` runs the gate first. A tick it rejects (``non_finite``: NaN or
+    inf; ``outlier``: beyond 20 window standard deviations; ``out_of_order``:
+    a timestamp not positive or not later than the previous tick's, other
+    out-of-order ticks aside)
+    leaves the window, the models and the tick count where they were (an
+    ``out_of_order`` tick not even the gate's clock) and returns the
+    previous valid result with ``rejected=True``
+    and ``reject_reason`` set to the reason's name; it is logged as
+    ``tick_rejected`` with that reason. When no tick has been accepted yet
+    there is no previous result: ``step`` raises ``DomainError`` naming the
+    reason. ``fit_history`` bootstraps the state from a history in
     one ``lax.scan``. ``set_depth`` switches among the precompiled
     signature depths without recompiling or losing state.
     ``save_snapshot`` / ``load_snapshot`` / ``save_snapshot_nonblocking``
@@ -107,21 +118,23 @@ class UniversalPredictor:
         """One prediction cycle with domain, staleness and Nyquist checks.
 
         ``now_ns`` defaults to ``time.time_ns()`` with the wall clock and to
-        the tick's own timestamp with the event clock.
+        the tick's own timestamp with the event clock. A rejected tick
+        returns the previous valid result marked ``rejected`` (see the
+        class), or raises ``DomainError`` when no tick was accepted before.
         """
         obs = single_observation(obs)
         if now_ns is None:
             now_ns = time.time_ns() if self.config.clock == "wall" else int(obs.timestamp_ns)
         self._state, out = self._fp.step(self._state, obs, now_ns, self._depth)
-        return self._publish(out)
+        return self._publish(out, int(obs.timestamp_ns))
 
-    def _publish(self, host: StepOutput) -> PredictionResult:
+    def _publish(self, host: StepOutput, ts: int) -> PredictionResult:
         if bool(host.rejected):
-            reason = "non_finite" if int(host.reject_reason) == REJECT_NON_FINITE else "outlier"
-            log.error("tick_rejected", error=DomainError.__name__, reason=reason)
+            reason = REJECT_NAMES[int(host.reject_reason)]
+            log.error("tick_rejected", error=DomainError.__name__, reason=reason, ts=ts)
             if self._last_valid is None:
-                raise DomainError(f"first observation rejected ({reason})")
-            return self._last_valid
+                raise DomainError(f"first observation rejected: {reason} (no previous result)")
+            return dataclasses.replace(self._last_valid, rejected=True, reject_reason=reason)
         if bool(host.stale):
             log.warning("tick_stale", warning=StalenessWarning.__name__)
         if bool(host.frequency_warning):
@@ -131,22 +144,31 @@ class UniversalPredictor:
         return result
 
     def fit_history(self, history: Sequence[float] | np.ndarray) -> bool:
-        """Cold-start bootstrapping from at least ``wtmm_buffer_size`` samples.
+        """Cold-start bootstrapping from at least ``min_history`` samples.
+
+        A history shorter than the window leaves a partial window: the
+        kernels forecast from it (progressive warm-up) and ``warming_up``
+        stays set until the window is full.
 
         Runs the step over the whole history in one ``lax.scan`` (event
-        clock, timestamps 1, 2, ... ns) and returns the specification's
+        clock, timestamps 1, 2, ... ns after the gate's last timestamp, so
+        that the gate's ordering rule holds on a warm state too; 1, 2, ...
+        from a cold one) and returns the specification's
         verdict: True when the last step's Sinkhorn iteration converged and
         its CUSUM drift is below ``cusum_h``; False otherwise (and logged).
         """
         values = np.asarray(history, dtype=np.float64)
-        if values.ndim != 1 or values.shape[0] < self.config.wtmm_buffer_size:
+        if values.ndim != 1 or values.shape[0] < self.config.min_history:
             raise ValueError(
                 f"Insufficient history: {values.shape[0] if values.ndim == 1 else values.shape} "
-                f"samples, required at least {self.config.wtmm_buffer_size}"
+                f"samples, required at least min_history = {self.config.min_history}"
             )
         if not np.all(np.isfinite(values)):
             raise ValueError("history contains non-finite values")
-        self._state, outs = self._fp.scan(self._state, values, depth=self._depth)
+        fast = self.view.fast
+        last_ts = int(fast.gate.last_ts) if int(fast.count) > 0 else 0
+        ts = np.arange(last_ts + 1, last_ts + 1 + values.shape[0], dtype=np.int64)
+        self._state, outs = self._fp.scan(self._state, values, ts=ts, depth=self._depth)
         last: StepOutput = jax.tree.map(lambda x: x[-1], outs)
         self._last_valid = output_to_result(last)
         ok = fit_verdict(last, self.config.cusum_h)

@@ -12,7 +12,9 @@ adds nothing else:
   for one asset, arrays of shape ``(N,)`` or ``(N, 1)`` for a batch;
 * ``FunctionalPredictor``: ``step`` returns ``(state, PredictionResult)``,
   ``step_batch`` returns ``(states, [PredictionResult] * N)`` and both take
-  the time from the config's clock; ``engine`` is the core predictor;
+  the time from the config's clock; a result of a tick the gate rejected
+  has ``rejected=True`` and its ``reject_reason``; ``engine`` is the core
+  predictor;
 * ``save_emergency_dump(predictor, result, asset_id)``;
 * ``monitor_vram_fragmentation(interval_seconds)``.
 
@@ -27,6 +29,7 @@ adds nothing else:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +136,14 @@ class FunctionalPredictor:
     ``step_batch`` return device arrays without a host transfer (what the
     daemon uses). The gate's ``now`` follows ``config.clock`` unless
     ``now_ns`` is given: ``time.time_ns()`` (wall) or the newest timestamp
-    (event). A tick rejected by the gate (non-finite, beyond 20 sigma)
-    leaves the state unchanged but for its reject counters and returns the
-    previous result.
+    (event). A tick rejected by the gate leaves the state unchanged but for
+    the gate's bookkeeping and returns the previous result with
+    ``rejected=True`` and ``reject_reason`` naming why: ``non_finite`` (NaN
+    or inf), ``outlier`` (beyond 20 window standard deviations) or
+    ``out_of_order`` (a timestamp not positive or not later than the
+    previous tick's, other out-of-order ticks aside). Before any tick was
+    accepted the previous result is the cold state's placeholder (zero
+    forecast, ``warming_up``), still marked ``rejected``.
     """
 
     def __init__(self, config: PredictorConfig | None = None, *, warmup: bool = True) -> None:
@@ -173,8 +181,8 @@ class FunctionalPredictor:
 
         one = single_observation(obs)
         now = _now(self.config, one.timestamp_ns) if now_ns is None else now_ns
-        new_state, out = self.engine.step(state, one, now, depth)
-        return new_state, output_to_result(out)
+        new_state, out = self.engine.step(state, one, now, depth)  # out: on the host
+        return new_state, _marked(output_to_result(out), out.rejected, out.reject_reason)
 
     def step_batch(
         self,
@@ -193,7 +201,22 @@ class FunctionalPredictor:
         m, r, ts = (np.reshape(np.asarray(v), -1) for v in _fields(obs_batch))
         now = _now(self.config, ts) if now_ns is None else now_ns
         new_states, out = self.engine.step_batch(states, make_obs(m, r, ts), now, depth)
-        return new_states, batch_to_results(out)
+        rejected = np.asarray(out.rejected).tolist()  # out: on the host
+        reasons = np.asarray(out.reject_reason).tolist()
+        results = batch_to_results(out)
+        return new_states, [
+            _marked(res, rej, code)
+            for res, rej, code in zip(results, rejected, reasons, strict=True)
+        ]
+
+
+def _marked(result: _types.PredictionResult, rejected: Any, code: Any) -> _types.PredictionResult:
+    """``result`` marked as a gate rejection (reason named by its code) when ``rejected``."""
+    if not bool(rejected):
+        return result
+    from predictor.core.gate import REJECT_NAMES
+
+    return dataclasses.replace(result, rejected=True, reject_reason=REJECT_NAMES[int(code)])
 
 
 class _DumpSource(Protocol):

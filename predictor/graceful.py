@@ -82,7 +82,11 @@ class UniversalPredictor_AsyncIO(UniversalPredictor):
         self.snapshot_lock = threading.Lock()
 
     def predict_next(self, obs: ProcessState) -> PredictionResult:
-        """One prediction cycle: the same as ``step(obs)``."""
+        """One prediction cycle: the same as ``step(obs)``.
+
+        A tick the gate rejects returns the previous valid result with
+        ``rejected=True`` and its ``reject_reason``.
+        """
         return self.step(obs)
 
     def save_snapshot_nonblocking(self, filepath: str | os.PathLike[str]) -> Future[SnapshotResult]:
@@ -154,7 +158,12 @@ class UniversalPredictor_GracefulShutdown:
         self._previous_handlers.clear()
 
     def accept_observation(self, obs: ProcessState) -> PredictionResult | None:
-        """Predict from ``obs``, or None once a shutdown was requested."""
+        """Predict from ``obs``, or None once a shutdown was requested.
+
+        None means the service refused the observation (shutting down); a
+        tick the predictor's gate rejects still returns a result, marked
+        ``rejected`` with its ``reject_reason``.
+        """
         if self.shutdown_requested.is_set() or not self.is_accepting_data:
             self.logger.warning(
                 "observation rejected (shutdown in progress): ts=%s", obs.timestamp_ns

@@ -98,7 +98,8 @@ def test_restore_in_fresh_process_is_bit_exact(tmp_path: Path) -> None:
     assert first == reference[:N_FIRST]
     assert len(second) == N_SECOND
     # The outlier right after the cut is answered with the restored last result.
-    assert second[0] == reference[N_FIRST - 1]
+    assert second[0]["rejected"] and second[0]["reject_reason"] == "outlier"
+    assert {**second[0], "rejected": False, "reject_reason": "none"} == reference[N_FIRST - 1]
     for i, (got, want) in enumerate(zip(second, reference[N_FIRST:], strict=True)):
         assert got == want, f"tick {N_FIRST + i} differs after restore"
 

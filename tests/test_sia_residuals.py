@@ -1,4 +1,4 @@
-"""Residual statistics: EMA volatility, standardised residual, kurtosis."""
+"""Residual statistics: EMA volatility, standardised residual, kurtosis, log-squared residual."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import special, stats
 
 from predictor.config import PredictorConfig
 from predictor.core.sia.cusum import adaptive_threshold
 from predictor.core.sia.residuals import (
     KURTOSIS_NEUTRAL,
+    LOG_SQ_FLOOR,
+    LOG_SQ_MIN_COUNT,
+    LOG_SQ_SD_MIN,
     U_MAX,
     ResidualState,
     kurtosis,
@@ -28,7 +31,7 @@ _kurt = jax.jit(kurtosis)
 
 @jax.jit
 def _run(e: jax.Array, alpha: jax.Array) -> tuple[ResidualState, tuple[jax.Array, ...]]:
-    """Scan residual_update over a sequence; outputs (u, sigma, kappa, sigma_ref)."""
+    """Scan residual_update over a sequence; outputs (u, sigma, kappa, sigma_ref, log_sq, sd)."""
 
     def step(state: ResidualState, x: jax.Array) -> tuple[ResidualState, tuple[jax.Array, ...]]:
         state, out = residual_update(state, x, alpha)
@@ -65,8 +68,8 @@ def test_kurtosis_degenerate_and_clipped() -> None:
 def test_pipeline_kurtosis_and_threshold_rise_with_tails() -> None:
     rng = np.random.default_rng(2)
     alpha = jnp.asarray(CFG.volatility_alpha)
-    _, (_, _, kappa_g, _) = _run(jnp.asarray(rng.standard_normal(10_000)), alpha)
-    _, (_, _, kappa_t, _) = _run(jnp.asarray(rng.standard_t(3, 10_000)), alpha)
+    _, (_, _, kappa_g, *_) = _run(jnp.asarray(rng.standard_normal(10_000)), alpha)
+    _, (_, _, kappa_t, *_) = _run(jnp.asarray(rng.standard_t(3, 10_000)), alpha)
     kg, kt = np.asarray(kappa_g)[N:], np.asarray(kappa_t)[N:]
     # 128-sample Pearson kurtosis of Gaussian data: E = 3 (n - 1) / (n + 1) = 2.95.
     assert 2.8 < kg.mean() < 3.2
@@ -85,7 +88,7 @@ def test_against_numpy_recursion() -> None:
     rng = np.random.default_rng(3)
     e = rng.standard_normal(300) * np.where(np.arange(300) < 150, 1.0, 4.0)
     alpha = 0.2
-    _, (u, sigma, kappa, ref) = _run(jnp.asarray(e), jnp.asarray(alpha))
+    _, (u, sigma, kappa, ref, log_sq, log_sq_sd) = _run(jnp.asarray(e), jnp.asarray(alpha))
     var = e[0] ** 2
     for t in range(300):
         if t > 0:
@@ -98,6 +101,15 @@ def test_against_numpy_recursion() -> None:
         assert float(ref[t]) == pytest.approx(want_ref, rel=1e-12)
         assert float(u[t]) == pytest.approx(e[t] / want_ref if t > 0 else 0.0, rel=1e-12)
         assert float(kappa[t]) == pytest.approx(np.clip(want_k, 1, 100), rel=1e-9)
+        if prev.size >= LOG_SQ_MIN_COUNT:
+            # Floor: 1e-4 x the geometric mean of prev^2, itself floored once.
+            g0 = np.mean(np.log(prev**2))
+            lo = np.log(LOG_SQ_FLOOR) + np.mean(np.maximum(np.log(prev**2), g0 + np.log(1e-4)))
+            want_sd = max(np.std(np.maximum(np.log(prev**2), lo)), LOG_SQ_SD_MIN)
+            assert float(log_sq[t]) == pytest.approx(max(np.log(e[t] ** 2), lo), rel=1e-12)
+            assert float(log_sq_sd[t]) == pytest.approx(want_sd, rel=1e-10)
+        else:
+            assert float(log_sq[t]) == 0.0 and float(log_sq_sd[t]) == 0.0
 
 
 def test_ring_buffer_keeps_last_n() -> None:
@@ -125,8 +137,9 @@ def test_alpha_is_traced_not_static() -> None:
 
 def test_zero_residuals_then_error() -> None:
     e = np.r_[np.zeros(10), 2.0]
-    _, (u, sigma, kappa, _) = _run(jnp.asarray(e), jnp.asarray(0.1))
+    _, (u, sigma, kappa, _, _, sd) = _run(jnp.asarray(e), jnp.asarray(0.1))
     u, sigma = np.asarray(u), np.asarray(sigma)
+    assert np.all(np.asarray(sd) == 0.0)  # no scale observation without a reference
     assert np.all(u == 0.0)  # no scale has been set yet
     assert np.all(np.isfinite(sigma)) and np.all(sigma > 0)
     assert sigma[10] == 2.0  # seeded by the first non-zero residual
@@ -156,10 +169,74 @@ _finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 def test_finite_for_finite_residuals(seq: list[float], alpha: float) -> None:
     e = np.zeros(40)
     e[: len(seq)] = seq
-    _, (u, sigma, kappa, ref) = _run(jnp.asarray(e), jnp.asarray(alpha))
-    for arr in (u, sigma, kappa, ref):
+    _, (u, sigma, kappa, ref, log_sq, sd) = _run(jnp.asarray(e), jnp.asarray(alpha))
+    for arr in (u, sigma, kappa, ref, log_sq, sd):
         assert np.all(np.isfinite(np.asarray(arr)))
     assert np.all(np.abs(np.asarray(u)) <= U_MAX)
     assert np.all(np.asarray(sigma) > 0)
     k = np.asarray(kappa)
     assert np.all((k >= 1.0) & (k <= 100.0))
+
+
+def test_log_sq_spread_matches_closed_forms() -> None:
+    """Spread of log e^2: pi / sqrt 2 (Gaussian), sqrt(pi^2 / 2 + psi'(3/2)) (Student-t(3))."""
+    rng = np.random.default_rng(5)
+    alpha = jnp.asarray(0.1)
+    want_g = np.pi / np.sqrt(2.0)
+    want_t = np.sqrt(np.pi**2 / 2.0 + special.polygamma(1, 1.5))
+    _, out_g = _run(jnp.asarray(rng.standard_normal(20_000)), alpha)
+    _, out_t = _run(jnp.asarray(3.0 * rng.standard_t(3, 20_000)), alpha)
+    # The 128-sample spread is biased low by about (n - 1) / n and by the
+    # 1% floor, and noisy: the mean over the series is within a few percent.
+    assert np.mean(np.asarray(out_g[5])[N:]) == pytest.approx(want_g, rel=0.05)
+    assert np.mean(np.asarray(out_t[5])[N:]) == pytest.approx(want_t, rel=0.06)
+
+
+def test_log_sq_moves_by_log_of_variance_ratio() -> None:
+    """A variance x4 moves the mean of log e^2 by ln 4, Gaussian or Student-t(3)."""
+    rng = np.random.default_rng(6)
+    for x in (rng.standard_normal(40_000), rng.standard_t(3, 40_000)):
+        x[20_000:] *= 2.0
+        _, out = _run(jnp.asarray(x), jnp.asarray(0.1))
+        w = np.asarray(out[4])
+        # Away from the change: the floor (relative to the ring's RMS) is the same.
+        jump = w[21_000:].mean() - w[N:19_000].mean()
+        assert jump == pytest.approx(np.log(4.0), abs=0.1)
+
+
+def test_log_sq_scale_free() -> None:
+    """Scaling e by c shifts log_sq by ln c^2 and leaves the spread unchanged."""
+    e = np.random.default_rng(7).standard_t(3, 500)
+    _, base = _run(jnp.asarray(e), jnp.asarray(0.1))
+    for c in (1e-200, 1e200):
+        _, scaled = _run(jnp.asarray(e * c), jnp.asarray(0.1))
+        ok = np.asarray(base[5]) > 0
+        np.testing.assert_allclose(
+            np.asarray(scaled[4])[ok], np.asarray(base[4])[ok] + 2.0 * np.log(c), atol=1e-9
+        )
+        np.testing.assert_allclose(np.asarray(scaled[5]), np.asarray(base[5]), rtol=1e-9)
+
+
+def test_log_sq_zero_and_constant_residuals() -> None:
+    """An exact zero is floored (finite); a ring of equal |e| has the minimum spread."""
+    e = np.r_[np.tile([1.0, -1.0], 40), 0.0, 1.0]
+    _, out = _run(jnp.asarray(e), jnp.asarray(0.1))
+    w, sd = np.asarray(out[4]), np.asarray(out[5])
+    assert w[80] == pytest.approx(np.log(LOG_SQ_FLOOR))  # geometric mean of e^2: 1
+    assert sd[79] == LOG_SQ_SD_MIN and sd[80] == LOG_SQ_SD_MIN
+    assert sd[81] > LOG_SQ_SD_MIN  # the zero is in the ring now
+    assert sd[LOG_SQ_MIN_COUNT - 1] == 0.0 and sd[LOG_SQ_MIN_COUNT] > 0.0
+
+
+def test_log_sq_floor_ignores_an_outlier() -> None:
+    """A 1e6-sigma outlier in the ring moves the floor by ln(1e12) / N, not by 1e12."""
+    rng = np.random.default_rng(8)
+    e = rng.standard_normal(400)
+    spiked = e.copy()
+    spiked[200] = 1e6
+    _, base = _run(jnp.asarray(e), jnp.asarray(0.1))
+    _, out = _run(jnp.asarray(spiked), jnp.asarray(0.1))
+    w0, w1 = np.asarray(base[4])[201:328], np.asarray(out[4])[201:328]
+    # Only residuals near the floor (|e| < 1% sigma) can move, and by little.
+    assert np.mean(w0 == w1) > 0.97
+    assert np.max(np.abs(w1 - w0)) < np.log(1e12) / N + 1e-9

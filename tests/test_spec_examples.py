@@ -166,7 +166,7 @@ def test_3_functional_step_and_batch(config: PredictorConfig) -> None:
 def test_4_universal_predictor_fit_history_and_step(config: PredictorConfig) -> None:
     predictor = UniversalPredictor(config)
     with pytest.raises(ValueError, match="Insufficient history"):
-        predictor.fit_history(_history(config.wtmm_buffer_size - 1))
+        predictor.fit_history(_history(config.min_history - 1))
     converged = predictor.fit_history(_history())
     assert isinstance(converged, bool)
 
@@ -178,7 +178,9 @@ def test_4_universal_predictor_fit_history_and_step(config: PredictorConfig) -> 
     assert result.interval_lower <= result.predicted_value <= result.interval_upper
 
     # "Catastrophic outlier detected. Ignoring tick.": the last valid result.
-    assert predictor.step(_obs(1e9)) == result
+    rejected = predictor.step(_obs(1e9))
+    assert rejected.rejected and rejected.reject_reason == "outlier"
+    assert dataclasses.replace(rejected, rejected=False, reject_reason="none") == result
     # Section 15's alerts: errors a caller catches, warnings the predictor survives.
     assert issubclass(DomainError, ValueError) and issubclass(IntegrityError, ValueError)
     assert issubclass(StalenessWarning, Warning) and issubclass(FrequencyWarning, Warning)

@@ -81,7 +81,7 @@ def untouched(config: Path) -> None:
 
 def test_export_merges_validates_backs_up_and_audits(config: Path) -> None:
     before = config.read_bytes()
-    mutation = result(cusum_h=3.5, entropy_window=7, epsilon=0.1).export_to_toml(config)
+    mutation = result(cusum_h=3.5, entropy_window=7, epsilon=0.02).export_to_toml(config)
 
     doc = tomllib.loads(config.read_text())
     assert doc["predictor"]["cusum_h"] == 3.5 and doc["predictor"]["entropy_window"] == 7
@@ -93,7 +93,7 @@ def test_export_merges_validates_backs_up_and_audits(config: Path) -> None:
     assert "# CUSUM threshold; hot-reloadable\ncusum_h = 3.5\n" in text  # edited in place
     assert "cusum_k = 0.5  # slack" in text
 
-    # epsilon = 0.1 restates the default: not a change
+    # epsilon = 0.02 restates the default: not a change
     assert mutation.delta == {
         "cusum_h": {"old": 8.0, "new": 3.5},
         "entropy_window": {"old": 50, "new": 7},
@@ -157,7 +157,7 @@ def test_existing_temp_file_means_concurrent_mutation(config: Path) -> None:
 
 
 def test_no_change_writes_nothing(config: Path) -> None:
-    mutation = result(cusum_h=8.0, epsilon=0.1).export_to_toml(config)
+    mutation = result(cusum_h=8.0, epsilon=0.02).export_to_toml(config)
     assert not mutation.changed
     untouched(config)
 

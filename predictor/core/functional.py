@@ -26,6 +26,7 @@ import numpy as np
 
 from predictor.config import DYNAMIC_FIELDS, PredictorConfig
 from predictor.core import graphs
+from predictor.core.gate import REJECT_NAMES
 from predictor.core.packing import Rows
 from predictor.core.params import Params, params_from_config
 from predictor.core.state import AssetState, Obs, PackedState, StepOutput
@@ -83,6 +84,8 @@ def _result_from_host(h: StepOutput) -> PredictionResult:
         interval_lower=float(h.interval_lower),
         interval_upper=float(h.interval_upper),
         warming_up=bool(h.warming_up),
+        rejected=bool(h.rejected),
+        reject_reason=REJECT_NAMES[int(h.reject_reason)],
     )
 
 

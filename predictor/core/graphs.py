@@ -100,17 +100,10 @@ def build(layout: PredictorConfig, depth: int, kind: str) -> Graph:
         fast: Rows, fit: Rows, obs_f: jax.Array, obs_i: jax.Array, now: jax.Array, params: Params
     ) -> tuple[Rows, Rows]:
         state = _state(p, fast, fit)
-        reason, new, _ = core.accept(state, _obs(obs_f, obs_i), now, params, cfg, depth)
-        # A rejection changes four scalars of the old rows: patch them rather than repack.
-        old = p.fast.with_leaves(
-            fast,
-            {
-                ".gate.reject_run": state.fast.gate.reject_run + 1,
-                ".last_output.rejected": True,
-                ".last_output.reject_reason": reason,
-                ".last_output.refit_due": False,
-            },
-        )
+        obs = _obs(obs_f, obs_i)
+        reason, new, _ = core.accept(state, obs, now, params, cfg, depth)
+        # A rejection changes a few scalars of the old rows: patch them rather than repack.
+        old = p.fast.with_leaves(fast, core.rejection_leaves(state.fast, obs, reason))
         rows = _where(reason != REJECT_NONE, old, p.fast.pack(new))
         # The output is the last field of the fast state: its rows end the fast rows.
         return rows, p.fast.tail(rows, p.out)

@@ -19,11 +19,11 @@ weights softmax(-L / (2 eps_t)); tau -> 0 keeps w_k; eps_t -> inf gives
 uniform weights.
 
 Overrides, in order: a frozen gate keeps w_k; a CUSUM alarm resets the
-weights to uniform; the circuit breaker (EMA of the Hölder exponent below
-``holder_threshold``) publishes [0, 0, 0, 1]; mode collapse of kernel B
-publishes weight 0 for B. The breaker and collapse rules act on the
-*published* weights only: the JKO weights keep evolving underneath, so the
-ensemble resumes from informed weights when the override lifts.
+weights to uniform; mode collapse of kernel B publishes weight 0 for B; the
+circuit breaker (``predictor.core.breaker``) publishes [0, 0, 0, 1]. The
+breaker and collapse rules act on the *published* weights only: the JKO
+weights keep evolving underneath, so the ensemble resumes from informed
+weights when the override lifts.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from predictor.core.numerics import f64, logsumexp, tree_dot, tree_sum
+from predictor.core.numerics import logsumexp, tree_dot, tree_sum
 from predictor.core.params import Params
 
 N_KERNELS = 4
@@ -41,8 +41,6 @@ KERNEL_D = 3
 KERNEL_B = 1
 #: Tolerance of the first-marginal error |pi 1 - w_k|_1 (docs/model.md).
 MARGINAL_TOL = 1e-6
-#: Circuit-breaker exit margin above ``holder_threshold``.
-HOLDER_EXIT_MARGIN = 0.05
 #: Floor under log(w) so that exact zeros (after an override) stay finite.
 _LOG_FLOOR = -700.0
 
@@ -148,9 +146,6 @@ class OrchState(NamedTuple):
 
     weights: jax.Array  # (4,) JKO weights (before overrides)
     losses: jax.Array  # (4,) EMA of normalised kernel losses
-    holder_ema: jax.Array  # EMA of the Hölder exponent (circuit breaker input)
-    emergency: jax.Array  # bool, circuit breaker open
-    calm_steps: jax.Array  # int, consecutive steps above the exit level
     dual: jax.Array  # (4,) last JKO step's potential g: the next step starts from it
 
 
@@ -160,20 +155,15 @@ class OrchOut(NamedTuple):
     weights: jax.Array  # (4,) after overrides, on the simplex
     free_energy: jax.Array
     converged: jax.Array  # bool
-    emergency: jax.Array  # bool
-    emergency_entered: jax.Array  # bool, breaker opened this step
     mode: jax.Array  # int: MODE_STANDARD / MODE_ROBUST / MODE_EMERGENCY
     eps: jax.Array
 
 
 def init() -> OrchState:
-    """Uniform weights, zero losses, H EMA at 0.5 (Brownian prior), breaker closed."""
+    """Uniform weights, zero losses, a cold dual potential."""
     return OrchState(
         weights=jnp.full((N_KERNELS,), 1.0 / N_KERNELS, dtype=jnp.float64),
         losses=jnp.zeros((N_KERNELS,), dtype=jnp.float64),
-        holder_ema=f64(0.5),
-        emergency=jnp.asarray(False),
-        calm_steps=jnp.asarray(0, jnp.int64),
         dual=jnp.zeros((N_KERNELS,), dtype=jnp.float64),
     )
 
@@ -185,7 +175,7 @@ def update(
     predictions: jax.Array,
     sigma: jax.Array,
     sigma_z: jax.Array,
-    holder: jax.Array,
+    emergency: jax.Array,
     kurtosis: jax.Array,
     alarm: jax.Array,
     freeze: jax.Array,
@@ -199,19 +189,10 @@ def update(
     ``predictions`` (4,) their new forecasts in input units, ``sigma`` the
     EMA residual scale in input units (normalises losses and cost), and
     ``sigma_z`` the same scale in window-standard units (couples eps_t to
-    volatility, dimensionless). ``alarm``, ``freeze``, ``collapse`` are the
-    CUSUM alarm, the gate's freeze and kernel B's mode-collapse flags.
+    volatility, dimensionless). ``emergency`` is the circuit breaker's
+    state; ``alarm``, ``freeze``, ``collapse`` are the CUSUM alarm, the
+    gate's freeze and kernel B's mode-collapse flags.
     """
-    # Circuit breaker on the EMA of H, with exit hysteresis.
-    a_h = params.volatility_alpha
-    holder_ema = (1.0 - a_h) * state.holder_ema + a_h * holder
-    above_exit = holder_ema > params.holder_threshold + HOLDER_EXIT_MARGIN
-    calm = jnp.where(above_exit, state.calm_steps + 1, 0)
-    enter = (~state.emergency) & (holder_ema < params.holder_threshold)
-    leave = state.emergency & (calm >= jnp.maximum(params.grace_period_steps, 1))
-    emergency = (state.emergency | enter) & ~leave
-    calm = jnp.where(emergency, calm, 0)
-
     robust = emergency | (kurtosis > params.robust_kurtosis)
     mode = jnp.where(emergency, MODE_EMERGENCY, jnp.where(robust, MODE_ROBUST, MODE_STANDARD))
 
@@ -237,6 +218,6 @@ def update(
     # Warm start: losses and costs move little per tick, so the last potential
     # is close to the next solution.
     dual = jnp.where(jko.converged, jko.dual, state.dual)
-    new_state = OrchState(weights, losses, holder_ema, emergency, calm, dual)
-    out = OrchOut(published, fe, jko.converged, emergency, enter, mode, eps)
+    new_state = OrchState(weights, losses, dual)
+    out = OrchOut(published, fe, jko.converged, mode, eps)
     return new_state, out

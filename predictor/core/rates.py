@@ -21,7 +21,7 @@ from predictor.core import sia
 from predictor.core.gate import REJECT_NONE
 from predictor.core.kernels import a_wiener, b_dgm, c_levy
 from predictor.core.params import Params
-from predictor.core.sia.window import standardize_frame
+from predictor.core.sia.window import history, standardize_frame
 from predictor.core.state import AssetState, FastState, FitState, Obs, StepOutput
 from predictor.core.step import (
     Advanced,
@@ -30,6 +30,7 @@ from predictor.core.step import (
     finish,
     forecast,
     gated_advance,
+    refit_scheduled,
     tick,
     tree_where,
 )
@@ -37,7 +38,7 @@ from predictor.core.step import (
 
 def refit(state: AssetState, cfg: PredictorConfig, depth: int) -> FitState:
     """The slow rate: every cached fit recomputed from the current window."""
-    z, mean, scale = standardize_frame(state.fast.buffer)
+    z, mean, scale = standardize_frame(history(state.fast.buffer, state.fast.count))
     ka, _ = a_wiener.refit(z, cfg)
     kb, _ = b_dgm.refit(state.fit.kernel_b, z, cfg, dgm_steps_for_depth(cfg, depth))
     return FitState(
@@ -56,6 +57,7 @@ class Begun(NamedTuple):
 
     advanced: FastState
     ctx: Advanced
+    obs: Obs
     reason: jax.Array
     due: jax.Array
 
@@ -73,10 +75,9 @@ def begin(
     """
     fast = state.fast
     reason, advanced, ctx = gated_advance(fast, obs, now_ns, params, cfg)
-    k = jnp.maximum(params.refit_interval, 1)
-    scheduled = (advanced.count + fast.phase) % k == 0
+    scheduled = refit_scheduled(advanced.count, fast.phase, params, cfg)
     due = (reason == REJECT_NONE) & (scheduled | ctx.alarm | fast.refit_pending)
-    return Begun(advanced, ctx, reason, due)
+    return Begun(advanced, ctx, obs, reason, due)
 
 
 def end(
@@ -90,7 +91,7 @@ def end(
     """The second half of a ``"before"`` tick: forecast with ``fit`` (refitted when due)."""
     new, out = forecast(begun.advanced, fit, begun.ctx, params, cfg, depth)
     new = new._replace(refit_pending=out.emergency_entered)
-    return finish(fast, begun.reason, new, out._replace(refit_due=begun.due))
+    return finish(fast, begun.obs, begun.reason, new, out._replace(refit_due=begun.due))
 
 
 def refit_if(due: jax.Array, state: AssetState, cfg: PredictorConfig, depth: int) -> FitState:
@@ -156,7 +157,7 @@ def full_step(
     fast = state.fast
     reason, advanced, ctx = gated_advance(fast, obs, now_ns, params, cfg)
     accepted = reason == REJECT_NONE
-    z, mean, scale = standardize_frame(advanced.buffer)
+    z, mean, scale = standardize_frame(history(advanced.buffer, advanced.count))
     ka, pa, _ = a_wiener.update(state.fit.kernel_a, z, cfg)
     kb, pb, _ = b_dgm.update(state.fit.kernel_b, z, cfg, dgm_steps_for_depth(cfg, depth))
     kc, pc, _ = c_levy.update(state.fit.kernel_c, z, cfg)
@@ -172,6 +173,6 @@ def full_step(
     new, out = combine(advanced, fit, ctx, z, jnp.stack([pa, pb, pc]), params, cfg, depth)
     new = new._replace(refit_pending=out.emergency_entered)
     out = out._replace(refit_due=accepted)
-    final_fast, final_out = finish(fast, reason, new, out)
+    final_fast, final_out = finish(fast, obs, reason, new, out)
     final_fit = tree_where(~accepted, state.fit, fit)
     return AssetState(final_fast, final_fit), final_out  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from predictor.core import breaker as brk
 from predictor.core import orchestrator as orch
 from predictor.core import sia
 from predictor.core.kernels import a_wiener, b_dgm, c_levy, d_signature
@@ -80,7 +81,8 @@ class GateState(NamedTuple):
     degraded: jax.Array  # bool, stale-tick degraded mode
     fresh_streak: jax.Array  # int64, fresh ticks since the last stale one
     same_run: jax.Array  # int64, length of the current run of identical magnitudes
-    reject_run: jax.Array  # int64, consecutive rejections
+    reject_run: jax.Array  # int64, consecutive outlier rejections
+    pending: jax.Array  # float64, the last rejected outlier (NaN when none): a level shift?
 
 
 class FastState(NamedTuple):
@@ -97,6 +99,7 @@ class FastState(NamedTuple):
     residual: sia.ResidualState
     cusum: sia.CusumState
     orch: orch.OrchState
+    breaker: brk.BreakerState
     kernel_d: d_signature.DState
     last_output: StepOutput
 

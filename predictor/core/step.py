@@ -24,10 +24,15 @@ are in window-standard units ``z = (y - mean_w) / std_w``.
    update), the cached Hölder exponent for the circuit breaker, and the
    orchestrator's JKO step on the losses.
 4. ``refit_due``: the tick count is congruent to the asset's phase modulo
-   K = ``refit_interval``, or the CUSUM alarmed, or emergency mode was
-   entered. Until the window has been filled once (cold start) the
-   forecast is the last value, weights stay uniform and ``warming_up`` is
-   set.
+   K = ``refit_interval``, or the window is filling and its history just
+   reached ``min_history`` times a power of two, or the CUSUM alarmed, or
+   emergency mode was entered.
+
+Warm-up is progressive: for the first ``min_history`` ticks the forecast is
+the last value, weights stay uniform and the CUSUM is silent; from then on
+the kernels, weights and CUSUM work on the valid part of the window (the
+fits see it mirrored back in time, ``sia.window.history``). ``warming_up``
+stays set, and the circuit breaker unarmed, until the window is full.
 
 ``refit`` (when a tick says so, after its result is out): the Hölder
 exponent by WTMM, Burg with AIC order selection, kernel B's training steps
@@ -45,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from predictor.config import PredictorConfig
+from predictor.core import breaker as brk
 from predictor.core import orchestrator as orch
 from predictor.core import sia
 from predictor.core.gate import (
@@ -52,11 +58,12 @@ from predictor.core.gate import (
     REJECT_NONE,
     gate_flags,
     gate_reject,
+    rejected_gate,
 )
 from predictor.core.kernels import a_wiener, b_dgm, c_levy, d_signature
 from predictor.core.numerics import f64, tree_dot
 from predictor.core.params import Params
-from predictor.core.sia.window import standardize_frame
+from predictor.core.sia.window import history, standardize_frame
 from predictor.core.state import (
     AssetState,
     FastState,
@@ -66,6 +73,8 @@ from predictor.core.state import (
     StepOutput,
 )
 
+#: Errors below this fraction of the values' magnitude are rounding (set to 0).
+RESOLUTION = 1e-10
 #: Two-sided 95% normal quantile for the forecast interval.
 Z95 = 1.959963984540054
 
@@ -116,13 +125,14 @@ def init_state(cfg: PredictorConfig, key: jax.Array | None = None, phase: int = 
         count=zero_i,
         phase=jnp.asarray(phase, jnp.int64),
         refit_pending=jnp.asarray(False),
-        gate=GateState(zero_i, zero_i, jnp.asarray(False), zero_i, zero_i, zero_i),
+        gate=GateState(zero_i, zero_i, jnp.asarray(False), zero_i, zero_i, zero_i, f64(jnp.nan)),
         prev_kernel_pred=jnp.zeros((orch.N_KERNELS,)),
         prev_pred=f64(0.0),
         kernel_sq_err=jnp.zeros((orch.N_KERNELS,)),
         residual=sia.residual_init(cfg),
         cusum=sia.cusum_init(),
         orch=orch.init(),
+        breaker=brk.init(),
         kernel_d=d_signature.init(cfg),
         last_output=_zero_output(),
     )
@@ -159,11 +169,29 @@ def tree_where(pred: jax.Array, a: object, b: object) -> object:
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def refit_scheduled(
+    count: jax.Array, phase: jax.Array, params: Params, cfg: PredictorConfig
+) -> jax.Array:
+    """A refit is due by the schedule after the tick that brought ``count`` ticks.
+
+    Every ``refit_interval`` ticks, staggered by ``phase``; and, while the
+    window fills, whenever ``count + 1`` is ``min_history`` times a power of
+    two, so that the first kernel forecast (at ``count = min_history``) and
+    the following ones use fits of a history that doubled since.
+    """
+    k = jnp.maximum(params.refit_interval, 1)
+    periodic = (count + phase) % k == 0
+    ratio = (count + 1) // cfg.min_history
+    doubling = ((count + 1) % cfg.min_history == 0) & ((ratio & (ratio - 1)) == 0)
+    return periodic | (doubling & (count < cfg.wtmm_buffer_size))
+
+
 class Advanced(NamedTuple):
     """What ``advance`` hands to ``forecast`` besides the advanced state."""
 
     first: jax.Array
-    warming: jax.Array
+    warming: jax.Array  # the window is not full yet
+    cold: jax.Array  # fewer than min_history ticks: the forecast is the last value
     freeze: jax.Array
     stale: jax.Array
     sparse: jax.Array
@@ -191,20 +219,33 @@ def advance(
     buffer = jnp.where(first, jnp.full((n,), obs.y), shifted)
     count = fast.count + 1
     warming = count < n
+    cold = count < cfg.min_history
 
     # Errors of the forecasts made at t-1 (none exist on the first tick).
     kernel_err = jnp.where(first, 0.0, obs.ref - fast.prev_kernel_pred)
     err = jnp.where(first, 0.0, obs.ref - fast.prev_pred)
+    # Below the series' floating-point resolution an error is rounding, not
+    # signal: its scale-free statistics would flag rounding noise's swings.
+    resolution = RESOLUTION * jnp.maximum(jnp.abs(obs.ref), jnp.abs(fast.prev_pred))
+    err = jnp.where(jnp.abs(err) <= resolution, 0.0, err)
     residual, res = sia.residual_update(fast.residual, err, params.volatility_alpha)
     cusum, cus = sia.cusum_update(
-        fast.cusum, res.u, res.kappa, params.cusum_h, params.cusum_k, params.grace_period_steps
+        fast.cusum,
+        res.u,
+        res.kappa,
+        params.cusum_h,
+        params.cusum_k,
+        params.grace_period_steps,
+        res.log_sq,
+        res.log_sq_sd,
     )
-    cusum = tree_where(warming, fast.cusum, cusum)  # type: ignore[assignment]  # cold start: no alarms
-    freeze = stale | sparse | frozen | warming | fast.gate.degraded
+    cusum = tree_where(cold, fast.cusum, cusum)  # type: ignore[assignment]  # cold start: no alarms
+    freeze = stale | sparse | frozen | cold | fast.gate.degraded
     new = fast._replace(buffer=buffer, count=count, gate=gate, residual=residual, cusum=cusum)
     ctx = Advanced(
         first=first,
         warming=warming,
+        cold=cold,
         freeze=freeze,
         stale=stale,
         sparse=sparse,
@@ -212,7 +253,7 @@ def advance(
         kernel_err=kernel_err,
         res=res,
         cus=cus,
-        alarm=cus.alarm & ~warming,
+        alarm=cus.alarm & ~cold,
     )
     return new, ctx
 
@@ -226,7 +267,7 @@ def forecast(
     depth: int,
 ) -> tuple[FastState, StepOutput]:
     """Kernel forecasts from the cached fits, the orchestrator and the output."""
-    z, z_mean, z_scale = standardize_frame(fast.buffer)
+    z, z_mean, z_scale = standardize_frame(history(fast.buffer, fast.count))
     # The refit window's z units map to this window's by z = offset + gain r.
     gain = fit.scale / z_scale
     offset = (fit.mean - z_mean) / z_scale
@@ -248,8 +289,8 @@ def combine(
 ) -> tuple[FastState, StepOutput]:
     """Kernel D, the orchestrator and the output, given kernels A-C's forecasts ``p_abc``."""
     count = fast.count
-    warming = ctx.warming
-    mean, std = sia.window_stats(fast.buffer)
+    warming, cold = ctx.warming, ctx.cold
+    mean, std = sia.window_stats(history(fast.buffer, count))
     kd, pd, _ = d_signature.update(fast.kernel_d, z, cfg, depth)
     p_z = jnp.concatenate([p_abc, pd[None]])
     p_z = jnp.where(jnp.isfinite(p_z), p_z, z[-1])  # a failing kernel falls back to naive
@@ -262,13 +303,23 @@ def combine(
     sigma = jnp.maximum(res.sigma, 1e-9 * ref_scale)
     sigma_z = sigma / ref_scale
     collapse = b_dgm.collapse_warning(fit.kernel_b)
+    breaker, bo = brk.update(
+        fast.breaker,
+        fast.buffer,
+        fit.holder,
+        count,
+        ~warming,
+        threshold=params.holder_threshold,
+        alpha=params.volatility_alpha,
+        grace_steps=params.grace_period_steps,
+    )
     orch_state, o = orch.update(
         fast.orch,
         errors=ctx.kernel_err,
         predictions=p_val,
         sigma=sigma,
         sigma_z=jnp.minimum(sigma_z, 1e6),
-        holder=fit.holder,
+        emergency=bo.emergency,
         kurtosis=res.kappa,
         alarm=ctx.alarm,
         freeze=ctx.freeze,
@@ -277,8 +328,8 @@ def combine(
         max_iter=cfg.sinkhorn_max_iter,
     )
     uniform = jnp.full((orch.N_KERNELS,), 1.0 / orch.N_KERNELS)
-    orch_state = tree_where(warming, fast.orch._replace(weights=uniform), orch_state)  # type: ignore[assignment]
-    weights = jnp.where(warming, uniform, o.weights)
+    orch_state = tree_where(cold, fast.orch._replace(weights=uniform), orch_state)  # type: ignore[assignment]
+    weights = jnp.where(cold, uniform, o.weights)
 
     # Ensemble forecast and its 95% interval (mixture variance).
     # EMA with a running-mean start, so the first errors are not shrunk towards 0.
@@ -286,18 +337,17 @@ def combine(
     rate = jnp.where(ctx.first, 0.0, jnp.maximum(1.0 / n_err, 1.0 / params.entropy_window))
     kernel_sq_err = fast.kernel_sq_err + rate * (ctx.kernel_err**2 - fast.kernel_sq_err)
     y_last = fast.buffer[-1]
-    y_hat = jnp.where(warming, y_last, tree_dot(weights, p_val))
-    p_next = jnp.where(warming, z[-1], tree_dot(weights, p_z))
+    y_hat = jnp.where(cold, y_last, tree_dot(weights, p_val))
+    p_next = jnp.where(cold, z[-1], tree_dot(weights, p_z))
     mix_var = tree_dot(weights, kernel_sq_err + (p_val - y_hat) ** 2)
     half = Z95 * jnp.sqrt(jnp.maximum(mix_var, 0.0))
-    emergency_entered = o.emergency_entered & ~warming
-    k = jnp.maximum(params.refit_interval, 1)
-    scheduled = (count + fast.phase) % k == 0
+    emergency_entered = bo.entered
+    scheduled = refit_scheduled(count, fast.phase, params, cfg)
     cus = ctx.cus
 
     out = StepOutput(
         predicted_next=p_next,
-        holder_exponent=fit.holder,
+        holder_exponent=bo.holder,
         cusum_drift=cus.drift,
         distance_to_collapse=cus.distance,
         free_energy=o.free_energy,
@@ -307,10 +357,10 @@ def combine(
         weights=weights,
         sinkhorn_converged=o.converged,
         degraded_inference_mode=ctx.degraded,
-        emergency_mode=o.emergency & ~warming,
+        emergency_mode=bo.emergency,
         regime_change_detected=ctx.alarm,
         mode_collapse_warning=collapse,
-        mode=jnp.where(warming, orch.MODE_STANDARD, o.mode).astype(jnp.int32),
+        mode=jnp.where(cold, orch.MODE_STANDARD, o.mode).astype(jnp.int32),
         predicted_value=y_hat,
         interval_lower=y_hat - half,
         interval_upper=y_hat + half,
@@ -327,6 +377,7 @@ def combine(
         prev_pred=y_hat,
         kernel_sq_err=kernel_sq_err,
         orch=orch_state,
+        breaker=breaker,
         kernel_d=kd,
         last_output=out,
     )
@@ -339,33 +390,64 @@ def gated_advance(
     """The gate's reject reason, and ``advance`` as if the tick were accepted.
 
     A rejected value is replaced by the last one so that its arithmetic stays
-    finite; the caller discards what it produced.
+    finite; the caller discards what it produced. A tick that completes a
+    level shift (``gate_reject``) is accepted as one: the remembered
+    outlier joins the window and the older values, with the forecasts made
+    for this tick, are moved by the jump ``pending - y_last``, so that the
+    history keeps its shape at the new level and no error of the size of the
+    jump enters the residual statistics; the regime alarm is raised, which
+    resets the weights and the detector and refits.
     """
-    reason = gate_reject(fast, obs)
+    reason, shift = gate_reject(fast, obs)
     rejected = reason != REJECT_NONE
     safe = Obs(
         jnp.where(rejected, fast.buffer[-1], obs.y), jnp.where(rejected, 0.0, obs.ref), obs.ts
     )
-    advanced, ctx = advance(fast, safe, now_ns, params, cfg)
-    return reason, advanced, ctx
+    jump = jnp.where(shift, fast.gate.pending - fast.buffer[-1], 0.0)
+    moved = jnp.concatenate([fast.buffer[1:] + jump, fast.gate.pending[None]])
+    start = fast._replace(
+        buffer=jnp.where(shift, moved, fast.buffer),
+        count=fast.count + shift.astype(fast.count.dtype),
+        prev_kernel_pred=fast.prev_kernel_pred + jump,
+        prev_pred=fast.prev_pred + jump,
+    )
+    advanced, ctx = advance(start, safe, now_ns, params, cfg)
+    reset = sia.cusum_reset(advanced.cusum, params.grace_period_steps)
+    cusum = tree_where(shift, reset, advanced.cusum)
+    return reason, advanced._replace(cusum=cusum), ctx._replace(alarm=ctx.alarm | shift)  # type: ignore[arg-type]
 
 
-def rejected_state(fast: FastState, reason: jax.Array) -> FastState:
-    """The state after a rejected tick: unchanged but for the reject counter and flags."""
+def rejected_state(fast: FastState, obs: Obs, reason: jax.Array) -> FastState:
+    """The state after a rejected tick: unchanged but for the gate (``rejected_gate``) and flags."""
     return fast._replace(
-        gate=fast.gate._replace(reject_run=fast.gate.reject_run + 1),
+        gate=rejected_gate(fast.gate, obs, reason),
         last_output=fast.last_output._replace(
             rejected=jnp.asarray(True), reject_reason=reason, refit_due=jnp.asarray(False)
         ),
     )
 
 
+def rejection_leaves(fast: FastState, obs: Obs, reason: jax.Array) -> dict[str, jax.Array]:
+    """The leaves ``rejected_state`` changes, by path (to patch packed rows in place)."""
+    r = rejected_state(fast, obs, reason)
+    gate, out = r.gate, r.last_output
+    return {
+        ".gate.last_ts": gate.last_ts,
+        ".gate.max_ts": gate.max_ts,
+        ".gate.reject_run": gate.reject_run,
+        ".gate.pending": gate.pending,
+        ".last_output.rejected": out.rejected,
+        ".last_output.reject_reason": out.reject_reason,
+        ".last_output.refit_due": out.refit_due,
+    }
+
+
 def finish(
-    fast: FastState, reason: jax.Array, new: FastState, out: StepOutput
+    fast: FastState, obs: Obs, reason: jax.Array, new: FastState, out: StepOutput
 ) -> tuple[FastState, StepOutput]:
     """The accepted tick's state and output, or the rejection's (selected leaf by leaf)."""
     rejected = reason != REJECT_NONE
-    rejected_fast = rejected_state(fast, reason)
+    rejected_fast = rejected_state(fast, obs, reason)
     final_fast = tree_where(rejected, rejected_fast, new)
     final_out = tree_where(rejected, rejected_fast.last_output, out)
     return final_fast, final_out  # type: ignore[return-value]
@@ -399,4 +481,4 @@ def tick(
 ) -> tuple[FastState, StepOutput]:
     """The fast rate: ``(S_t, obs_t) -> (fast part of S_{t+1}, result_t)``; fits unchanged."""
     reason, new, out = accept(state, obs, now_ns, params, cfg, depth)
-    return finish(state.fast, reason, new, out)
+    return finish(state.fast, obs, reason, new, out)

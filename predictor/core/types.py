@@ -61,6 +61,11 @@ class PredictionResult:
     units, with a 95% interval ``[interval_lower, interval_upper]`` from the
     ensemble's mixture variance. ``weights`` are the kernel weights (A, B, C,
     D) on the simplex.
+
+    ``rejected`` is True when the gate refused the tick: the state did not
+    advance and the other fields are those of the last accepted tick;
+    ``reject_reason`` then names why (``predictor.core.gate.REJECT_NAMES``:
+    ``non_finite``, ``outlier``, ``out_of_order``), else it is ``"none"``.
     """
 
     predicted_next: float
@@ -82,6 +87,8 @@ class PredictionResult:
     interval_lower: float
     interval_upper: float
     warming_up: bool = False
+    rejected: bool = False
+    reject_reason: str = "none"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -28,11 +28,16 @@ Diagnostics (both solvers), on the same grid:
   over [min V, max V] (bin width dv floored at ``BIN_WIDTH_MIN``);
 * ``terminal_entropy`` = H[g], the same for g(x) = x on the grid (about
   log(hi - lo) >= log 2.4 > 0);
-* ``mode_collapse_warning`` when ``dgm_entropy < COLLAPSE_GAMMA * H[g]`` for
-  more than ``COLLAPSE_PATIENCE`` consecutive calls (counter in the state).
-  A contraction V(0, x) = m + c (x - m) has entropy H[g] + log c, so a
-  strongly mean-reverting solution (c = e^(-theta)) also trips it; this is
-  the rule of docs/model.md.
+* ``mode_collapse_warning`` when ``dgm_entropy < H[m] + ln(COLLAPSE_CONTRACTION)``
+  for more than ``COLLAPSE_PATIENCE`` consecutive refits (counter in the
+  state), where ``H[m]`` is the entropy of the one-step conditional-mean map
+  ``m(x) = x + b(x)`` implied by the Nadaraya-Watson drift on the grid. A
+  map contracted by c has entropy ``H + ln c``, so the rule says: the
+  solution is more than ``1 / COLLAPSE_CONTRACTION`` times as contracted as
+  the drift it was trained on, i.e. the network has collapsed towards a
+  constant that the data do not support. A strongly mean-reverting series
+  (white noise: ``m`` nearly constant) contracts both alike and is not a
+  collapse.
 
 Guards: ``z`` is sanitised (NaN -> 0) and clipped to ``[-Z_CLIP, Z_CLIP]``
 (a standardised window has |z| <= sqrt(N)); the DGM prediction is clipped to
@@ -47,6 +52,7 @@ does and does not guarantee).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -64,8 +70,8 @@ from predictor.core.kernels.b_nw import nw_coefficients, nw_fit
 HIST_BINS = 50
 #: Smallest histogram bin width (z units): a constant V has entropy log(BIN_WIDTH_MIN).
 BIN_WIDTH_MIN = 1e-12
-#: Mode collapse when dgm_entropy < COLLAPSE_GAMMA * H[g] ...
-COLLAPSE_GAMMA = 0.8
+#: Mode collapse when the solution is this much more contracted than the drift's map ...
+COLLAPSE_CONTRACTION = 0.25
 #: ... for more than this many consecutive calls.
 COLLAPSE_PATIENCE = 10
 #: Saturation of the collapse counter (keeps int32 from overflowing).
@@ -81,7 +87,7 @@ class BState(NamedTuple):
 
     Training: network ``params``, Adam ``opt_state``, threefry ``key``
     (uint32[2]) and ``collapse_count``, the number of consecutive refits
-    with ``dgm_entropy < COLLAPSE_GAMMA H[g]``. Cache of the last refit, in
+    that met the collapse rule (module doc). Cache of the last refit, in
     the z units of the refit's window: the solver grid ``centre`` and
     ``half`` width (grid = centre + half linspace(-1, 1, G)), ``table`` =
     u(0, grid) (the fd solution, or V(0, grid) for dgm), and the entropies
@@ -285,9 +291,11 @@ def _refit_one(
             loss = residual**2
     h_v = histogram_entropy(u0)
     h_g = histogram_entropy(grid)
-    count = jnp.where(
-        h_v < COLLAPSE_GAMMA * h_g, jnp.minimum(state.collapse_count + 1, _COUNT_CAP), 0
-    ).astype(jnp.int32)
+    h_m = histogram_entropy(grid + b[:-1])
+    collapsed = h_v < h_m + math.log(COLLAPSE_CONTRACTION)
+    count = jnp.where(collapsed, jnp.minimum(state.collapse_count + 1, _COUNT_CAP), 0).astype(
+        jnp.int32
+    )
     aux = BAux(
         dgm_entropy=h_v,
         terminal_entropy=h_g,

@@ -4,8 +4,10 @@ Pure, fixed-shape JAX functions with NamedTuple states:
 
 * ``window``: mean/std of the ring buffer and the window z-score;
 * ``wtmm``: Hölder exponent of the z-window by wavelet-transform modulus maxima;
-* ``residuals``: EMA volatility, standardised residual, kurtosis;
-* ``cusum``: adaptive two-sided CUSUM with reset and grace period.
+* ``residuals``: EMA volatility, standardised residual, kurtosis,
+  log-squared residual;
+* ``cusum``: adaptive CUSUM (mean channels on u, scale channels on log e^2)
+  with grace period and re-referencing after each alarm.
 """
 
 from predictor.core.sia.cusum import (
@@ -13,6 +15,7 @@ from predictor.core.sia.cusum import (
     CusumState,
     adaptive_threshold,
     cusum_init,
+    cusum_reset,
     cusum_update,
     siegmund_arl,
 )
@@ -23,7 +26,7 @@ from predictor.core.sia.residuals import (
     residual_init,
     residual_update,
 )
-from predictor.core.sia.window import standardize, window_stats
+from predictor.core.sia.window import history, standardize, window_stats
 from predictor.core.sia.wtmm import (
     WTMMAnalysis,
     cwt,
@@ -45,8 +48,10 @@ __all__ = [
     "WTMMAnalysis",
     "adaptive_threshold",
     "cusum_init",
+    "cusum_reset",
     "cusum_update",
     "cwt",
+    "history",
     "holder_exponent",
     "kurtosis",
     "legendre_spectrum",

@@ -95,3 +95,22 @@ def standardize_frame(buf: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     den = jnp.maximum(jnp.maximum(sd, floor), _TINY)
     z = d * (1.0 / den)
     return z, c * (buf[0] / c + s * mu), c * (s * den)
+
+
+def history(buf: jax.Array, count: jax.Array) -> jax.Array:
+    """The window as the fits see it while it is filling: the valid part, mirrored back.
+
+    The last ``c = min(count, N)`` samples of ``buf`` are observations; the
+    rest is filled by reflecting them back in time (ages
+    ``0, 1, ..., c - 1, c - 2, ..., 1, 0, 1, ...`` from the newest), so that
+    every statistic, fit and forecast of a partial window is computed from
+    observed values only, with the increments' distribution and the
+    autocovariances of the valid part. A full window is returned unchanged.
+    """
+    n = buf.shape[-1]
+    c = jnp.clip(count, 1, n)
+    age = (n - 1) - jnp.arange(n)
+    period = jnp.maximum(2 * (c - 1), 1)
+    folded = age % period
+    mirrored = jnp.where(folded <= c - 1, folded, period - folded)
+    return buf[(n - 1) - jnp.where(c > 1, mirrored, 0)]
