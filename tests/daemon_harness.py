@@ -29,6 +29,7 @@ import tomli_w
 import zmq
 
 from predictor.config import PredictorConfig
+from predictor.core.gate import REJECT_NAMES
 from predictor.ipc.wire import decode_prediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,7 +325,6 @@ def offline_messages(
     cold = [jax.device_get(fp.init_state(phase=p)) for p in phases]
     states = jax.device_put(jax.tree.map(lambda *rows: np.stack(rows), *cold))
     out: list[list[dict[str, Any]]] = [[] for _ in range(n_assets)]
-    reasons = {1: "non_finite", 2: "outlier"}
     for k in range(n_ticks):
         y = np.zeros(lanes)
         y[:n_assets] = series[:, k]
@@ -334,7 +334,7 @@ def offline_messages(
         h = jax.device_get(o)
         for a in range(n_assets):
             if bool(h.rejected[a]):
-                out[a].append({"rejected": reasons.get(int(h.reject_reason[a]), "gate")})
+                out[a].append({"rejected": REJECT_NAMES[int(h.reject_reason[a])]})
                 continue
             row = {
                 name: np.asarray(getattr(h, name))[a].item()

@@ -276,11 +276,11 @@ def test_socket_default_follows_the_environment(
     admin: FakeAdmin, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("PREDICTOR_ADMIN_SOCKET", str(admin.path))
-    code, out, _ = run(capsys, "drain")
+    code, out, _ = run(capsys, "drain", "--no-wait")
     assert code == 0 and "draining" in out
     monkeypatch.delenv("PREDICTOR_ADMIN_SOCKET")
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(admin.path.parent))
-    code, _, _ = run(capsys, "drain", "--json")
+    code, _, _ = run(capsys, "drain", "--json", "--no-wait")
     assert code == 0
     assert admin.requests == [{"cmd": "drain"}, {"cmd": "drain"}]
 

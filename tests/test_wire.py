@@ -69,9 +69,9 @@ def test_batch_judges_each_element() -> None:
     ticks, rejects = decode_ticks(frame)
     assert [t.asset for t in ticks] == ["EURUSD", "D"]
     assert rejects == [
-        Reject(RejectReason.WRONG_TYPE, 1, "B", "y is not a number"),
+        Reject(RejectReason.WRONG_TYPE, 1, "B", "y is not a number", 1),
         Reject(RejectReason.NOT_A_MAP, 2, None, "int"),
-        Reject(RejectReason.NON_FINITE, 3, "C", "y or ref is not finite"),
+        Reject(RejectReason.NON_FINITE, 3, "C", "y or ref is not finite", GOOD["ts"]),
     ]
 
 
@@ -141,7 +141,8 @@ CRAFTED: dict[RejectReason, list[bytes]] = {
 
 
 def test_every_reason_has_a_crafted_input() -> None:
-    assert {r.value for r in CRAFTED} == set(REJECT_REASONS)
+    # implausible_ts needs a plausibility window (tests/test_feed_and_metrics.py).
+    assert {r.value for r in CRAFTED} | {"implausible_ts"} == set(REJECT_REASONS)
 
 
 @pytest.mark.parametrize(

@@ -21,12 +21,18 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 from predictor import __version__
 from predictor.admin import render
-from predictor.admin.client import DEFAULT_TIMEOUT_S, AdminClient, AdminError
+from predictor.admin.client import (
+    DEFAULT_TIMEOUT_S,
+    AdminClient,
+    AdminConnectionError,
+    AdminError,
+)
 from predictor.admin.feed import SYNTHETIC, FeedError, FeedResult, feed, read_csv, synthetic_series
 from predictor.admin.watch import WatchError, watch
 from predictor.ipc.endpoints import default_endpoints
@@ -41,6 +47,10 @@ EXIT_USAGE = 2
 #: Seconds ``feed``/``watch`` wait for ``status`` when asking the daemon for
 #: its endpoints (no ``--endpoint`` given).
 _ENDPOINT_QUERY_TIMEOUT_S = 2.0
+#: Default seconds ``drain`` waits for the exit (above the default drain budget, 25 s).
+_DRAIN_WAIT_S = 60.0
+#: Seconds between two checks of the admin socket while ``drain`` waits.
+_DRAIN_POLL_S = 0.1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,6 +157,16 @@ def _shed_level(text: str) -> str | int:
     return value
 
 
+def _package_version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("predictor")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``predictorctl`` parser (``--help`` works on every subcommand)."""
     parser = _Parser(
@@ -155,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "feed and watch over its ZeroMQ sockets.",
         epilog="exit status: 0 success, 1 refused by the daemon, 2 usage or connection error",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_package_version()}")
     _add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -204,10 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
         "refit interval); with 'auto', hand both back to the jitter monitor.",
     )
     p.add_argument("level", nargs="?", metavar="LEVEL|auto", type=_shed_level)
-    add(
+    p = add(
         "drain",
-        "stop the daemon gracefully",
-        "Graceful stop, as SIGTERM: answer every received tick, write the final snapshot, exit 0.",
+        "stop the daemon gracefully and wait for it to exit",
+        "Graceful stop, as SIGTERM: answer every received tick, write the final snapshot, "
+        "exit 0. Waits until the daemon has exited (its admin socket is gone), at most "
+        "--wait-timeout seconds (exit 1 if it is still running then).",
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="return once the daemon has accepted the drain"
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=_positive_float,
+        default=_DRAIN_WAIT_S,
+        metavar="S",
+        help=f"seconds to wait for the exit (default {_DRAIN_WAIT_S:g})",
     )
 
     # --- stream tools (ZeroMQ sockets) -----------------------------------
@@ -346,7 +378,22 @@ def _cmd_shed(args: argparse.Namespace, io: _Io) -> int:
 
 
 def _cmd_drain(args: argparse.Namespace, io: _Io) -> int:
-    return _admin(args, io, "drain", render.render_drain)
+    code = _admin(args, io, "drain", render.render_drain)
+    if code != EXIT_OK or args.no_wait:
+        return code
+    deadline = time.monotonic() + args.wait_timeout
+    while time.monotonic() < deadline:
+        try:
+            with AdminClient(args.socket, timeout=min(args.timeout, 1.0)) as client:
+                client.connect()
+        except AdminConnectionError:
+            # Nothing listens any more: the daemon closes its admin socket last.
+            if not io.as_json:
+                io.line("predictord has exited")
+            return EXIT_OK
+        time.sleep(_DRAIN_POLL_S)
+    io.fail(f"drain: predictord still running after {args.wait_timeout:g} s")
+    return EXIT_REFUSED
 
 
 # --- stream tools ----------------------------------------------------------

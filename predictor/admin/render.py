@@ -342,13 +342,16 @@ _FLAGS = (
 def prediction_row(m: Mapping[str, Any]) -> str:
     """One prediction (or gate rejection) as a line of the live table.
 
-    Flags: R regime change, D degraded inference, E emergency, C mode
-    collapse warning, W warming up.
+    A rejection shows its reason: the wire's ``"rejected": reason``, or a
+    ``PredictionResult.to_dict()`` with ``rejected`` true and its
+    ``reject_reason``. Flags: R regime change, D degraded inference,
+    E emergency, C mode collapse warning, W warming up.
     """
     when = utc_ns(m.get("ts"), date=False)
     head = f"{when:<12}  {fmt(m.get('asset')):<12}  {fmt(m.get('seq')):>7}"
-    if "rejected" in m:
-        return f"{head}  rejected: {fmt(m.get('rejected'))}"
+    reason = rejection_reason(m)
+    if reason is not None:
+        return f"{head}  rejected: {reason}"
     lo, hi = m.get("interval_lower"), m.get("interval_upper")
     interval = f"[{_g(lo)}, {_g(hi)}]"
     w = m.get("weights")
@@ -362,6 +365,16 @@ def prediction_row(m: Mapping[str, Any]) -> str:
         f"{_num(m.get('cusum_drift'), 2):>7}  {_num(m.get('adaptive_threshold'), 2):>7}  "
         f"{fmt(m.get('mode')):<9}  {weights:<19}  {flags:<5}  {lat_text:>7}"
     )
+
+
+def rejection_reason(m: Mapping[str, Any]) -> str | None:
+    """The reason of a gate rejection message or result, or None for a prediction."""
+    rejected = m.get("rejected")
+    if rejected is None or rejected is False:
+        return None
+    if rejected is True:
+        return fmt(m.get("reject_reason"))
+    return fmt(rejected)
 
 
 def _g(v: Any) -> str:

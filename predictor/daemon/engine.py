@@ -196,6 +196,7 @@ def build_engine(
         restored = _restore(shell, live, model, table)
         shm = _open_shm(settings.shm_name, table)
     publisher = Publisher(shell.pub, shm, shell.metrics)
+    shell.intake.on_reject = lambda rejects: publisher.publish_rejects(rejects, table)
     dumps = EmergencyDumps(shell.dumper, shell.io_pool, log)
     pipeline = TickPipeline(
         shell.intake,

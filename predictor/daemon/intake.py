@@ -18,19 +18,27 @@ is above ``max_msg_bytes`` (``too_large``) or carries more than one frame
 (``predictor_rejects_total{reason}``), the message in
 ``predictor_malformed_messages_total``, and it is logged as
 ``tick_malformed``, at most ``log_per_s`` lines a second (the rest are
-summarised by a ``tick_malformed_suppressed`` line).
+summarised by a ``tick_malformed_suppressed`` line). Each reject that names
+a readable asset is handed to ``on_reject`` (the publisher answers it on
+the asset's topic, ``Publisher.publish_rejects``).
+
+With ``clock = "wall"`` a tick's ``ts`` is Unix time, so one before
+2000-01-01 or more than ``max_future_skew_s`` ahead of the daemon's clock is
+refused as ``implausible_ts`` (``wire.plausible_window``); with the event
+clock ``ts`` is the series' own time and only ``0 < ts < 2**63`` is asked.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import zmq
 from structlog.typing import FilteringBoundLogger
 
 from predictor.daemon.metrics import DaemonMetrics
 from predictor.ipc.endpoints import recv_message
-from predictor.ipc.wire import RejectReason, Tick, decode_ticks
+from predictor.ipc.wire import Reject, RejectReason, Tick, decode_ticks, plausible_window
 
 #: A tick and its receipt time (``time.perf_counter_ns``).
 Received = tuple[Tick, int]
@@ -55,6 +63,9 @@ class Intake:
         max_msg_bytes: int,
         max_rounds: int,
         log_per_s: int = 20,
+        clock: str = "event",
+        max_future_skew_s: float = 300.0,
+        on_reject: Callable[[list[Reject]], None] | None = None,
     ) -> None:
         self.sock = sock
         self.metrics = metrics
@@ -62,6 +73,9 @@ class Intake:
         self.max_msg_bytes = max_msg_bytes
         self.max_rounds = max_rounds
         self.log_per_s = log_per_s
+        self.wall_clock = clock == "wall"
+        self.max_future_skew_ns = int(max_future_skew_s * 1e9)
+        self.on_reject = on_reject
         self.messages = 0
         self.ticks = 0
         self.malformed = 0
@@ -76,6 +90,9 @@ class Intake:
         per_asset: dict[str, int] = {}
         clock = time.perf_counter_ns
         limit = self.max_msg_bytes
+        window = (
+            plausible_window(time.time_ns(), self.max_future_skew_ns) if self.wall_clock else None
+        )
         while messages < budget and len(out) < budget and deepest < self.max_rounds:
             try:
                 msg = recv_message(sock, limit)
@@ -91,7 +108,7 @@ class Intake:
                     note = (MULTIPART, None, f"{msg.parts} frames")
                 self._reject([note], msg.size)
                 continue
-            ticks, rejects = decode_ticks(frame, max_frame_bytes=limit)
+            ticks, rejects = decode_ticks(frame, max_frame_bytes=limit, ts_window=window)
             for tick in ticks:
                 out.append((tick, t))
                 depth = per_asset.get(tick.asset, 0) + 1
@@ -99,6 +116,9 @@ class Intake:
                 deepest = max(deepest, depth)
             if rejects:
                 self._reject([(str(r.reason), r.position, r.detail) for r in rejects], len(frame))
+                named = [r for r in rejects if r.asset is not None]
+                if named and self.on_reject is not None:
+                    self.on_reject(named)
         if messages:
             self.messages += messages
             self.metrics.messages.inc(messages)

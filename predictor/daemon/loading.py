@@ -43,7 +43,7 @@ def load_config(path: str | os.PathLike[str] | None) -> LoadedConfig:
     """
     if path is None:
         cfg = PredictorConfig.from_dict(env_overrides())
-        settings = DaemonSettings()
+        settings = DaemonSettings.from_mapping({})
         canonical = json.dumps(
             {"predictor": cfg.to_dict(), "daemon": settings.model_dump(mode="json")},
             sort_keys=True,

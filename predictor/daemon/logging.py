@@ -1,11 +1,15 @@
 """Structured logs: one JSON object per line on stdout (journald keeps them).
 
-Every line holds ``timestamp`` (ISO 8601, UTC), ``level``, ``logger`` and
-``event``, a stable snake_case event name such as ``"asset_added"``; the
-details are further keys. Values under keys that look like secrets
-(passwords, tokens, API/private/secret keys, credentials; a key named
-just ``key`` is not one: config reloads log ``key=<field name>``) and strings that hold PEM private
-keys are replaced by ``"[redacted]"`` before rendering, at any nesting depth.
+When the log stream is a terminal, the same events are rendered for a
+human instead (structlog's ``ConsoleRenderer``: time, level, event, then
+``key=value`` pairs); a pipe, a file or the journal get JSON lines
+(``choose_renderer``). Every JSON line holds ``timestamp`` (ISO 8601, UTC),
+``level``, ``logger`` and ``event``, a stable snake_case event name such as
+``"asset_added"``; the details are further keys. Values under keys that look
+like secrets (passwords, tokens, API/private/secret keys, credentials; a key
+named just ``key`` is not one: config reloads log ``key=<field name>``) and
+strings that hold PEM private keys are replaced by ``"[redacted]"`` before
+rendering, at any nesting depth.
 
 Usage::
 
@@ -74,19 +78,66 @@ def redact_secrets(
     return event_dict
 
 
-def configure(stream: TextIO | None = None, level: str | int = "info") -> None:
-    """Configure structlog for JSON lines on ``stream`` (default: ``sys.stdout``).
+#: What ``configure`` uses for an argument given as None: the values of the
+#: previous call (the entry point configures the level from the settings
+#: before the service configures the logs again without one).
+_current: dict[str, Any] = {"level": std_logging.INFO, "renderer": "auto"}
+
+
+def choose_renderer(stream: TextIO, renderer: str = "auto") -> str:
+    """``"console"`` or ``"json"``: ``"auto"`` picks console for a terminal stream.
+
+    >>> import io
+    >>> choose_renderer(io.StringIO())
+    'json'
+    >>> choose_renderer(io.StringIO(), "console")
+    'console'
+    """
+    if renderer not in ("auto", "console", "json"):
+        raise ValueError(f"unknown log renderer {renderer!r}")
+    if renderer != "auto":
+        return renderer
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return "console" if isatty is not None and isatty() else "json"
+    except ValueError:  # a closed stream
+        return "json"
+
+
+def level_number(level: str | int) -> int:
+    """A ``logging`` level number from a name (``"warning"``) or a number."""
+    if isinstance(level, int):
+        return level
+    number = std_logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {level!r}")
+    return number
+
+
+def configure(
+    stream: TextIO | None = None,
+    level: str | int | None = None,
+    renderer: str | None = None,
+) -> None:
+    """Configure structlog for one event per line on ``stream`` (default: ``sys.stdout``).
 
     ``level`` is a name (``"debug"``, ``"info"`` ...) or a ``logging`` level
-    number; records below it cost one comparison. Reconfiguring applies to
-    loggers obtained earlier too (loggers are not cached).
+    number; records below it cost one comparison. ``renderer`` is
+    ``"auto"`` (see ``choose_renderer``), ``"console"`` or ``"json"``. A
+    None argument keeps the previous call's value (``info`` and ``auto`` at
+    first). Reconfiguring applies to loggers obtained earlier too (loggers
+    are not cached).
     """
-    if isinstance(level, str):
-        number = std_logging.getLevelName(level.upper())
-        if not isinstance(number, int):
-            raise ValueError(f"unknown log level {level!r}")
-    else:
-        number = level
+    number = level_number(_current["level"] if level is None else level)
+    wanted = _current["renderer"] if renderer is None else renderer
+    out = sys.stdout if stream is None else stream
+    chosen = choose_renderer(out, wanted)
+    _current.update(level=number, renderer=wanted)
+    final: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if chosen == "console"
+        else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -94,12 +145,12 @@ def configure(stream: TextIO | None = None, level: str | int = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             redact_secrets,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
+            *(() if chosen == "console" else (structlog.processors.format_exc_info,)),
             structlog.processors.UnicodeDecoder(),
-            structlog.processors.JSONRenderer(),
+            final,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout if stream is None else stream),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 

@@ -16,9 +16,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 
-#: Histogram buckets in seconds: 25 us to 100 ms (1-2.5-5 steps).
+from predictor import __version__
+
+#: Histogram buckets in seconds: 25 us to 10 s (1-2.5-5 steps), so that a
+#: backlog of seconds is still resolved rather than lumped into ``+Inf``.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     25e-6,
     50e-6,
@@ -32,6 +43,12 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     25e-3,
     50e-3,
     100e-3,
+    250e-3,
+    500e-3,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 MODE_NAMES: tuple[str, ...] = ("Standard", "Robust", "Emergency")
@@ -53,6 +70,11 @@ class DaemonMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
         r, ns = self.registry, namespace
+        # process_* (CPU seconds, resident memory bytes, open fds, start time) of this process.
+        ProcessCollector(registry=r)
+        #: ``predictor_build_info{version="..."} 1``
+        self.build_info = Info("build", "Version of the running daemon.", namespace=ns, registry=r)
+        self.build_info.info({"version": __version__})
 
         # --- flow ------------------------------------------------------------
         self.ticks = Counter("ticks", "Valid ticks received.", namespace=ns, registry=r)

@@ -5,13 +5,25 @@ advanced (``AssetTable.seq``, contiguous per asset, 1 for its first tick)
 and its last timestamp recorded; then either
 
 * a gate rejection: ``{"asset", "ts", "seq", "rejected": reason}``
-  (``wire.encode_rejection``), counted as ``gate_<reason>``; or
-* a prediction: every ``PredictionResult`` field plus ``asset``, ``ts``,
-  ``seq`` and ``latency_ns`` (receipt of the tick's message to this
+  (``wire.encode_rejection``), ``reason`` the gate's name for it
+  (``core.gate.REJECT_NAMES``: ``non_finite``, ``outlier``,
+  ``out_of_order``), counted in ``predictor_rejects_total`` with the label
+  ``reason="gate_<reason>"``; the shared-memory record keeps the asset's
+  last prediction; or
+* a prediction: every ``PredictionResult`` field but ``rejected`` and
+  ``reject_reason`` (a prediction has no ``rejected`` key), plus ``asset``,
+  ``ts``, ``seq`` and ``latency_ns`` (receipt of the tick's message to this
   publication, ns), the body of ``wire.encode_prediction``, packed once;
   the shared-memory record of the asset's slot is rewritten and the
   end-to-end latency histogram, mode counts and the table's last mode are
   updated.
+
+A tick refused by the wire schema before any step (``publish_rejects``)
+whose asset can be read is answered the same way, ``rejected`` the schema's
+reason (``wire.RejectReason``: ``wrong_type``, ``missing_field``,
+``implausible_ts`` ...), ``ts`` the tick's (0 when it had no integer ``ts``),
+``seq`` the asset's next sequence number, or 0 for an asset the daemon holds
+no state for (the table is left unchanged: a refused tick admits nothing).
 
 The host copy of the step's outputs is turned into Python values column by
 column (``ndarray.tolist``), so a lane costs one dict and one msgpack call.
@@ -28,19 +40,18 @@ import msgpack
 import numpy as np
 import zmq
 
-from predictor.core.gate import REJECT_NON_FINITE, REJECT_OUTLIER
+from predictor.core.gate import REJECT_NAMES, REJECT_NONE, REJECT_OUT_OF_ORDER
 from predictor.core.state import StepOutput
 from predictor.core.types import MODES
 from predictor.daemon.assets import AssetTable, StepResult
 from predictor.daemon.intake import Received
 from predictor.daemon.metrics import DaemonMetrics
 from predictor.ipc.shm import LatestWriter
-from predictor.ipc.wire import encode_rejection
+from predictor.ipc.wire import Reject, encode_rejection
 
-#: Gate reject codes of ``core.step`` -> the reason published and counted.
-GATE_REASONS = {REJECT_NON_FINITE: "non_finite", REJECT_OUTLIER: "outlier"}
-#: Reject labels the publisher counts (``gate_`` + reason).
-GATE_LABELS = tuple(f"gate_{r}" for r in GATE_REASONS.values())
+#: Reject labels the publisher counts (``gate_`` + the reason's name), every
+#: reject code of the gate but ``REJECT_NONE``.
+GATE_LABELS = tuple(f"gate_{name}" for code, name in enumerate(REJECT_NAMES) if code != REJECT_NONE)
 
 #: PredictionResult fields that are one scalar per lane (weights and mode apart).
 RESULT_SCALARS = (
@@ -76,7 +87,10 @@ class Emergency:
 
 
 def row_dict(out: StepOutput, i: int) -> dict[str, Any]:
-    """``PredictionResult.to_dict()`` of lane ``i`` of a host step output."""
+    """``PredictionResult.to_dict()`` of lane ``i`` of a host step output, as published.
+
+    The rejection fields are left out, as in a prediction message.
+    """
     row = {name: np.asarray(getattr(out, name))[i].item() for name in RESULT_SCALARS}
     row["weights"] = np.asarray(out.weights)[i].tolist()
     row["mode"] = MODES[int(np.asarray(out.mode)[i])]
@@ -95,6 +109,20 @@ class Publisher:
         self.predictions = 0
         self.rejections = 0
         self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    def publish_rejects(self, rejects: Sequence[Reject], table: AssetTable) -> None:
+        """Answer schema rejects that name an asset on its topic (see the module docstring)."""
+        ids, seq_arr = table.ids, table.seq
+        for rej in rejects:
+            if rej.asset is None:
+                continue
+            slot = ids.get(rej.asset)
+            seq = 0
+            if slot is not None:
+                seq = int(seq_arr[slot]) + 1
+                seq_arr[slot] = seq
+            self.sock.send_multipart(encode_rejection(rej.asset, seq, rej.ts, str(rej.reason)))
+            self.rejections += 1
 
     def publish(
         self, received: Sequence[Received], slots: Sequence[int], res: StepResult, table: AssetTable
@@ -118,14 +146,16 @@ class Publisher:
             slot = slots[j]
             seq = int(seq_arr[slot]) + 1
             seq_arr[slot] = seq
-            ts_arr[slot] = tick.ts
             if rejected[j]:
-                reason = GATE_REASONS.get(reasons[j], "gate")
+                reason = REJECT_NAMES[reasons[j]]
+                if reasons[j] != REJECT_OUT_OF_ORDER:  # the gate's clock moved (``rejected_gate``)
+                    ts_arr[slot] = tick.ts
                 sock.send_multipart(encode_rejection(tick.asset, seq, tick.ts, reason))
                 metrics.reject("gate_" + reason)
                 self.rejections += 1
                 bodies.append(None)
                 continue
+            ts_arr[slot] = tick.ts
             body = {name: col[j] for name, col in cols.items()}
             body["weights"] = weights[j]
             mode = modes[j]

@@ -328,7 +328,7 @@ def _device_string() -> str:
 
 def run_service(loaded: LoadedConfig, *, environment: Mapping[str, str]) -> int:
     """Entry from ``main``: configure logs, take the runtime lock, run the service."""
-    configure()
+    configure(level=loaded.daemon.log_level)
     # The loop re-takes the GIL after every jitted call and socket operation;
     # with busy helper threads (admin clients, snapshot packing, the start-up
     # compiler) the default 5 ms switch interval would add up to several ms

@@ -4,23 +4,38 @@ Validated with pydantic (strict types, ranges, unknown keys refused). Empty
 strings mean "derive the default": endpoints and the admin socket from the
 runtime directory (``predictor.ipc.endpoints``), the snapshot directory from
 ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``) or ``./state``.
+
+Sources, later wins: the defaults, the ``[daemon]`` table, then
+``PREDICTOR_DAEMON_<FIELD>`` environment variables (``env_overrides``),
+typed and validated like the table's values: ``true``/``false`` for
+booleans, commas and/or spaces between the numbers of ``batch_buckets``.
+A ``PREDICTOR_DAEMON_*`` variable that names no field is refused with the
+nearest valid name.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
+from predictor.config import nearest_name, register_env_names
 from predictor.errors import ConfigError
 
 STATE_ENV = "STATE_DIRECTORY"
 DEFAULT_STATE_DIR = Path("state")
+#: Prefix of the environment overrides of ``[daemon]`` fields.
+DAEMON_ENV_PREFIX = "PREDICTOR_DAEMON_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -57,6 +72,13 @@ class DaemonSettings(BaseModel):
         "too_large, its sender keeps its connection (libzmq's ZMQ_MAXMSGSIZE is 16x this: "
         "only a message above that costs the sender its connection)",
     )
+    max_future_skew_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="with the wall clock, a tick's ts more than this ahead of the daemon's "
+        "clock is refused as implausible_ts (as is one before 2000-01-01)",
+    )
     rcvhwm: int = Field(100_000, ge=1, description="PULL receive high-water mark")
     sndhwm: int = Field(100_000, ge=1, description="PUB send high-water mark")
     shm_name: str = Field("predictor-latest", description="/dev/shm segment; '' disables")
@@ -78,6 +100,9 @@ class DaemonSettings(BaseModel):
         "platform", description="XLA_PYTHON_CLIENT_ALLOCATOR"
     )
     gpu_allow_growth: bool = Field(True, description="TF_FORCE_GPU_ALLOW_GROWTH")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="lowest level of the log lines written"
+    )
 
     @field_validator("batch_buckets")
     @classmethod
@@ -96,14 +121,35 @@ class DaemonSettings(BaseModel):
         return v
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> DaemonSettings:
-        """Validate a ``[daemon]`` table; errors become ``ConfigError`` naming the key."""
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        env: bool = True,
+        environ: Mapping[str, str] | None = None,
+    ) -> DaemonSettings:
+        """Validate a ``[daemon]`` table; errors become ``ConfigError`` naming the key.
+
+        ``PREDICTOR_DAEMON_<FIELD>`` variables of ``environ`` (default:
+        ``os.environ``) apply on top unless ``env`` is false; a bad one is a
+        ``ConfigError`` naming the variable, its value and the allowed range.
+        """
+        overrides = env_overrides(environ) if env else {}
+        table = {k: v for k, v in _tomlish(data).items() if k not in overrides}
         try:
-            return cls(**_tomlish(data))
+            cls(**table)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "daemon"
             raise ConfigError(f"daemon.{loc}", err.get("input"), err["msg"]) from exc
+        try:
+            return cls(**table, **overrides)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else ""
+            var = DAEMON_ENV_PREFIX + name.upper()
+            raw = (os.environ if environ is None else environ).get(var, err.get("input"))
+            raise ConfigError(var, raw, f"{describe_field(name)} ({err['msg']})") from exc
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> DaemonSettings:
@@ -122,6 +168,111 @@ class DaemonSettings(BaseModel):
             return Path(self.snapshot_dir)
         value = env.get(STATE_ENV, "")
         return Path(value.split(":")[0]) if value else DEFAULT_STATE_DIR.absolute()
+
+
+def env_names() -> list[str]:
+    """Every ``PREDICTOR_DAEMON_<FIELD>`` variable, one per ``[daemon]`` field."""
+    return [DAEMON_ENV_PREFIX + name.upper() for name in DaemonSettings.model_fields]
+
+
+def describe_field(name: str) -> str:
+    """The allowed values of a ``[daemon]`` field, e.g. ``int in [1, 1000]``.
+
+    >>> describe_field("metrics_port")
+    'int in [-1, 65535]'
+    >>> describe_field("device")
+    "one of 'cpu', 'gpu', 'auto'"
+    """
+    info: FieldInfo = DaemonSettings.model_fields[name]
+    ann = info.annotation
+    if typing.get_origin(ann) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    if name == "shed":
+        return "'auto' or an int (a pinned depth)"
+    if name == "batch_buckets":
+        return "increasing ints >= 1, separated by commas or spaces"
+    if ann is bool:
+        return "true or false"
+    if ann is str:
+        return "a string"
+    lo, hi, lo_open, hi_open = -math.inf, math.inf, False, False
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = float(m.ge)  # type: ignore[arg-type]
+        elif isinstance(m, annotated_types.Gt):
+            lo, lo_open = float(m.gt), True  # type: ignore[arg-type]
+        elif isinstance(m, annotated_types.Le):
+            hi = float(m.le)  # type: ignore[arg-type]
+        elif isinstance(m, annotated_types.Lt):
+            hi, hi_open = float(m.lt), True  # type: ignore[arg-type]
+    kind = "int" if ann is int else "float"
+
+    def show(x: float) -> str:
+        return str(int(x)) if kind == "int" and math.isfinite(x) else repr(x)
+
+    if math.isinf(hi):
+        return f"{kind} {'>' if lo_open else '>='} {show(lo)}"
+    return f"{kind} in {'(' if lo_open else '['}{show(lo)}, {show(hi)}{')' if hi_open else ']'}"
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Parse ``PREDICTOR_DAEMON_<FIELD>`` variables into typed ``[daemon]`` values.
+
+    Unknown names in the family and values that do not parse raise
+    ``ConfigError`` (the variable, its value, what is allowed); ranges are
+    checked by the model.
+
+    >>> env_overrides({"PREDICTOR_DAEMON_METRICS_PORT": "9200", "HOME": "/"})
+    {'metrics_port': 9200}
+    >>> try:
+    ...     env_overrides({"PREDICTOR_DAEMON_METRICS_PROT": "9200"})
+    ... except ConfigError as exc:
+    ...     print(exc.allowed)
+    a known variable; did you mean 'PREDICTOR_DAEMON_METRICS_PORT'?
+    """
+    environ = os.environ if environ is None else environ
+    known = env_names()
+    out: dict[str, Any] = {}
+    for var in sorted(environ):
+        if not var.startswith(DAEMON_ENV_PREFIX):
+            continue
+        if var not in known:
+            near = nearest_name(var, known)
+            allowed = (
+                f"a known variable; did you mean {near!r}?"
+                if near is not None
+                else "a known variable (PREDICTOR_DAEMON_<FIELD> for a [daemon] field)"
+            )
+            raise ConfigError(var, environ[var], allowed)
+        name = var[len(DAEMON_ENV_PREFIX) :].lower()
+        out[name] = _parse_env(name, var, environ[var].strip())
+    return out
+
+
+def _parse_env(name: str, var: str, raw: str) -> Any:
+    """One variable's text as the TOML value it stands for."""
+    ann = DaemonSettings.model_fields[name].annotation
+    try:
+        if ann is bool:
+            if raw.lower() not in ("true", "false"):
+                raise ValueError(raw)
+            return raw.lower() == "true"
+        if ann is int:
+            return int(raw)
+        if ann is float:
+            return float(raw)
+        if name == "batch_buckets":
+            return tuple(int(x) for x in raw.replace(",", " ").split())
+        if name == "shed":
+            return raw if raw == "auto" else int(raw)
+    except ValueError as exc:
+        raise ConfigError(var, raw, describe_field(name)) from exc
+    return raw
+
+
+# A misspelt top-level name (PREDICTOR_DEAMON_...) is refused by the
+# predictor's own check; knowing these names lets it suggest the right one.
+register_env_names(*env_names())
 
 
 def _tomlish(data: Mapping[str, Any]) -> dict[str, Any]:

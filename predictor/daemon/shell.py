@@ -151,6 +151,8 @@ def build_shell(live: LiveConfig, log: FilteringBoundLogger, lock_fd: int) -> Sh
         max_msg_bytes=settings.max_msg_bytes,
         max_rounds=MAX_ROUNDS_PER_ITERATION,
         log_per_s=MALFORMED_LOG_PER_S,
+        clock=live.predictor.clock,
+        max_future_skew_s=settings.max_future_skew_s,
     )
     endpoints: dict[str, Any] = {
         "ticks": bound_endpoint(pull),

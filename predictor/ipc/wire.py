@@ -18,8 +18,15 @@ single reject with ``position = None``.
 
 Predictions travel on PUB as two frames: the asset id (UTF-8, the
 subscription topic) and a msgpack map of every ``PredictionResult`` field
-plus ``asset``, ``ts``, ``seq`` and ``latency_ns``. A tick rejected by the
-gate publishes ``{"asset", "ts", "seq", "rejected": reason}`` instead.
+but ``rejected`` and ``reject_reason``, plus ``asset``, ``ts``, ``seq`` and
+``latency_ns``. A tick rejected by the gate publishes
+``{"asset", "ts", "seq", "rejected": reason}`` instead, ``reason`` one of
+``predictor.core.gate.REJECT_NAMES`` but ``"none"``: ``non_finite``,
+``outlier``, ``out_of_order``. A subscriber tells the two apart by the
+``rejected`` key: a prediction never has it. A tick refused by the schema
+whose asset is readable (``Reject.asset``) is answered the same way with
+the schema's reason (``RejectReason``); ``decode_ticks(ts_window=...)``
+adds the wall-clock plausibility check (``implausible_ts``).
 """
 
 from __future__ import annotations
@@ -43,9 +50,16 @@ MAX_FRAME_BYTES = 1 << 20
 
 #: Largest timestamp accepted (exclusive): int64 nanoseconds.
 TS_LIMIT = 1 << 63
+#: Earliest plausible wall-clock timestamp: 2000-01-01T00:00:00Z in Unix ns
+#: (a ``ts`` in seconds or milliseconds by mistake falls before it).
+TS_EARLIEST_PLAUSIBLE = 946_684_800 * 1_000_000_000
 
 #: Keys reserved for wire metadata in a prediction message.
-PREDICTION_META_KEYS = frozenset({"asset", "ts", "seq", "latency_ns", "rejected"})
+PREDICTION_META_KEYS = frozenset({"asset", "ts", "seq", "latency_ns"})
+#: ``PredictionResult`` fields a prediction message leaves out: a rejection
+#: is a message of its own (``encode_rejection``), so ``rejected`` is the key
+#: that tells the two kinds apart.
+REJECTION_FIELDS = ("rejected", "reject_reason")
 
 _REQUIRED = ("asset", "y", "ts")
 _ALLOWED = frozenset({"asset", "y", "ref", "ts"})
@@ -83,6 +97,9 @@ class RejectReason(StrEnum):
     ASSET_NOT_PRINTABLE = "asset_not_printable"
     #: ``ts`` is not in ``(0, 2**63)``.
     BAD_TIMESTAMP = "bad_timestamp"
+    #: ``ts`` is a valid integer but not a plausible wall-clock time: before
+    #: 2000-01-01 or further ahead of the receiver's clock than the allowed skew.
+    IMPLAUSIBLE_TS = "implausible_ts"
 
 
 #: Every reason code, for pre-creating metric label values.
@@ -103,14 +120,17 @@ class Reject(NamedTuple):
 
     ``position`` is the index in a batch list (``None`` for a whole-message
     failure or a single map); ``asset`` is the asset id when the element
-    carried a valid one (so that the reject can be attributed), else ``None``;
-    ``detail`` is a short human-readable note for the log line.
+    carried a usable one, whatever else is wrong with it (so that the reject
+    can be attributed and published on the asset's topic), else ``None``;
+    ``detail`` is a short human-readable note for the log line; ``ts`` is
+    the element's ``ts`` when it is an int64 integer, else 0.
     """
 
     reason: RejectReason
     position: int | None = None
     asset: str | None = None
     detail: str = ""
+    ts: int = 0
 
 
 class _ExtRejected(Exception):
@@ -166,7 +186,54 @@ def _as_float(value: object) -> float | None:
     return None
 
 
-def _check_map(obj: Mapping[Any, Any], index: int | None, max_asset_len: int) -> Tick | Reject:
+class TsWindow(NamedTuple):
+    """Plausible timestamps, ``earliest <= ts <= latest`` (Unix ns, both inclusive)."""
+
+    earliest: int
+    latest: int
+
+
+def plausible_window(now_ns: int, max_future_skew_ns: int) -> TsWindow:
+    """Wall-clock plausibility: from 2000-01-01 to ``max_future_skew_ns`` after ``now_ns``."""
+    return TsWindow(TS_EARLIEST_PLAUSIBLE, now_ns + max_future_skew_ns)
+
+
+def _readable_asset(obj: Mapping[Any, Any], max_asset_len: int) -> str | None:
+    """The map's ``asset`` when it is a usable id (a string the schema would accept), else None."""
+    asset = obj.get("asset")
+    if (
+        isinstance(asset, str)
+        and asset
+        and len(asset.encode("utf-8")) <= max_asset_len
+        and asset.isprintable()
+    ):
+        return asset
+    return None
+
+
+def _check_map(
+    obj: Mapping[Any, Any], index: int | None, max_asset_len: int, window: TsWindow | None
+) -> Tick | Reject:
+    """Schema check of one tick map; a reject names the asset whenever it is readable.
+
+    A reject's ``ts`` is the map's ``ts`` when that is an int64 integer, else 0.
+    """
+    res = _check_fields(obj, index, max_asset_len, window)
+    if isinstance(res, Tick) or res.asset is not None:
+        return res
+    asset = _readable_asset(obj, max_asset_len)
+    if asset is None:
+        return res
+    ts = obj.get("ts")
+    stamp = (
+        ts if isinstance(ts, int) and not isinstance(ts, bool) and -TS_LIMIT <= ts < TS_LIMIT else 0
+    )
+    return Reject(res.reason, index, asset, res.detail, stamp)
+
+
+def _check_fields(
+    obj: Mapping[Any, Any], index: int | None, max_asset_len: int, window: TsWindow | None
+) -> Tick | Reject:
     """Schema check of one tick map (order of checks fixes the reported reason)."""
     keys = obj.keys()
     if not keys <= _ALLOWED:
@@ -191,18 +258,21 @@ def _check_map(obj: Mapping[Any, Any], index: int | None, max_asset_len: int) ->
 
     y = _as_float(obj["y"])
     if y is None:
-        return Reject(RejectReason.WRONG_TYPE, index, asset, "y is not a number")
+        return Reject(RejectReason.WRONG_TYPE, index, None, "y is not a number")
     raw_ref = obj.get("ref", y)
     ref = _as_float(raw_ref)
     if ref is None:
-        return Reject(RejectReason.WRONG_TYPE, index, asset, "ref is not a number")
+        return Reject(RejectReason.WRONG_TYPE, index, None, "ref is not a number")
     ts = obj["ts"]
     if not isinstance(ts, int) or isinstance(ts, bool):
-        return Reject(RejectReason.WRONG_TYPE, index, asset, "ts is not an integer")
+        return Reject(RejectReason.WRONG_TYPE, index, None, "ts is not an integer")
     if not (math.isfinite(y) and math.isfinite(ref)):
-        return Reject(RejectReason.NON_FINITE, index, asset, "y or ref is not finite")
+        return Reject(RejectReason.NON_FINITE, index, None, "y or ref is not finite")
     if not 0 < ts < TS_LIMIT:
-        return Reject(RejectReason.BAD_TIMESTAMP, index, asset, "ts outside (0, 2**63) ns")
+        return Reject(RejectReason.BAD_TIMESTAMP, index, None, "ts outside (0, 2**63) ns")
+    if window is not None and not window.earliest <= ts <= window.latest:
+        side = "before 2000-01-01" if ts < window.earliest else "too far in the future"
+        return Reject(RejectReason.IMPLAUSIBLE_TS, index, None, f"ts {ts} {side}")
     # tuple.__new__ skips the NamedTuple's Python-level constructor (hot path).
     return _new_tuple(Tick, (asset, y, ref, ts))
 
@@ -216,12 +286,16 @@ def decode_ticks(
     max_asset_len: int = ASSET_ID_MAX_BYTES,
     max_batch: int = MAX_BATCH,
     max_frame_bytes: int = MAX_FRAME_BYTES,
+    ts_window: TsWindow | None = None,
 ) -> tuple[list[Tick], list[Reject]]:
     """Decode and validate one tick message; never raises.
 
     Returns the valid ticks in message order and the rejects. A single map
     gives one tick or one reject; a list gives one entry per element, or one
     whole-message reject when it is empty or longer than ``max_batch``.
+    ``ts_window`` (``plausible_window``), when given, refuses a ``ts``
+    outside it as ``implausible_ts``; without it any ``0 < ts < 2**63`` is
+    accepted (event time in arbitrary units).
     """
     if len(frame) > max_frame_bytes:
         return [], [Reject(RejectReason.TOO_LARGE, None, None, f"{len(frame)} bytes")]
@@ -231,7 +305,7 @@ def decode_ticks(
         return [], [Reject(_classify_unpack_error(exc), None, None, type(exc).__name__)]
 
     if isinstance(obj, dict):
-        one = _check_map(obj, None, max_asset_len)
+        one = _check_map(obj, None, max_asset_len, ts_window)
         return ([one], []) if isinstance(one, Tick) else ([], [one])
     if not isinstance(obj, list):
         return [], [Reject(RejectReason.NOT_A_MAP, None, None, type(obj).__name__)]
@@ -245,7 +319,7 @@ def decode_ticks(
         if not isinstance(item, dict):
             rejects.append(Reject(RejectReason.NOT_A_MAP, i, None, type(item).__name__))
             continue
-        res = _check_map(item, i, max_asset_len)
+        res = _check_map(item, i, max_asset_len, ts_window)
         if isinstance(res, Tick):
             ticks.append(res)
         else:
@@ -280,20 +354,21 @@ def encode_prediction(
 ) -> list[bytes]:
     """The two PUB frames ``[asset id, msgpack map]`` of one prediction.
 
-    ``result`` is ``PredictionResult.to_dict()``; ``latency_ns`` the time from
+    ``result`` is ``PredictionResult.to_dict()``; its ``rejected`` and
+    ``reject_reason`` fields are left out. ``latency_ns`` is the time from
     receipt of the tick to the result in ns. Raises ``ValueError`` if
-    ``result`` uses a reserved metadata key.
+    ``result`` uses a reserved metadata key, or is a rejection
+    (``rejected`` true: publish it with ``encode_rejection``).
     """
-    if (
-        "asset" in result
-        or "ts" in result
-        or "seq" in result
-        or "latency_ns" in result
-        or "rejected" in result
-    ):
+    if "asset" in result or "ts" in result or "seq" in result or "latency_ns" in result:
         clash = sorted(PREDICTION_META_KEYS.intersection(result))
         raise ValueError(f"result uses reserved wire keys: {clash}")
-    body = dict(result)
+    if result.get("rejected"):
+        raise ValueError(
+            f"a rejected result ({result.get('reject_reason')!r}) is published "
+            "with encode_rejection, not as a prediction"
+        )
+    body = {k: v for k, v in result.items() if k not in REJECTION_FIELDS}
     body["asset"] = asset
     body["ts"] = ts
     body["seq"] = seq
@@ -302,7 +377,10 @@ def encode_prediction(
 
 
 def encode_rejection(asset: str, seq: int, ts: int, reason: str) -> list[bytes]:
-    """The two PUB frames of a gate rejection: ``{"asset", "ts", "seq", "rejected"}``."""
+    """The two PUB frames of a gate rejection: ``{"asset", "ts", "seq", "rejected"}``.
+
+    ``reason`` is the gate's name for it (``predictor.core.gate.REJECT_NAMES``).
+    """
     body = {"asset": asset, "ts": ts, "seq": seq, "rejected": str(reason)}
     return [asset.encode("utf-8"), msgpack.packb(body, use_bin_type=True)]
 
