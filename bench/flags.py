@@ -7,7 +7,8 @@ Every figure comes from the predictor's own walk over a series
 config for series under 4 windows, as in the accuracy benchmark).
 
 1. **Ordinary series**: on each synthetic process of the accuracy suite
-   (plus fBm H = 0.5 and white noise) and each real series, the share of
+   (plus fBm H = 0.5 and white noise) and each real series, the first
+   tick whose forecast is not the last value, the share of
    ticks after the window filled with ``emergency_mode`` and with
    ``mode_collapse_warning``, the regime alarms, and the ensemble's loss
    over the best single kernel's (RMSE; MAE for the alpha-stable walk) on
@@ -89,6 +90,7 @@ def ordinary_row(name: str, ys: FloatArray, start: int, loss: str = "rmse") -> l
     return [
         name,
         f"{ys.size}",
+        f"{_first_not_naive(ys, walk)}",
         f"{100 * emergency:.1f}%",
         f"{100 * collapse:.1f}%",
         f"{int(walk.alarm[after].sum())}",
@@ -125,6 +127,7 @@ def ordinary_section(n: int, max_len: int | None) -> list[str]:
             [
                 "series",
                 "values",
+                "first forecast not the last value (tick)",
                 "emergency",
                 "mode collapse",
                 "regime alarms",
