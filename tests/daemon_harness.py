@@ -59,6 +59,8 @@ CHEAP_MODEL: dict[str, Any] = {
 }
 #: Persistent XLA compilation cache shared by the session's processes.
 JAX_CACHE = Path(tempfile.gettempdir()) / "predictor-test-jax-cache"
+#: Size limit of the shared cache (it also turns on the cache's file lock).
+CACHE_MAX_BYTES = 8 << 30
 #: Generous: the first daemon of a session compiles every graph on a busy CPU.
 READY_TIMEOUT_S = 900.0
 
@@ -68,6 +70,8 @@ def jax_cache_env() -> dict[str, str]:
     return {
         "JAX_COMPILATION_CACHE_DIR": str(JAX_CACHE),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        # A size limit turns on the cache's file lock (see tests/conftest.py).
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES),
     }
 
 
@@ -77,6 +81,7 @@ def enable_cache_in_process() -> None:
 
     jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 
 
 def write_config(

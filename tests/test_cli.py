@@ -423,6 +423,7 @@ def test_help_for_every_subcommand(capsys: pytest.CaptureFixture[str]):
         for name in action.choices  # type: ignore[union-attr]
     ]
     assert set(names) == {
+        "forget",
         "status",
         "snapshot",
         "reload",

@@ -10,7 +10,7 @@ One daemon subprocess, its real sockets and shared memory, checked in order:
 * **refit interval under load**: with a latency budget of 1 ns every window
   is over budget, so the shedder raises K from the configured 16 to 32 and
   64 (the model has one signature depth, so K is the only lever): ``status``,
-  ``predictorctl status`` and the ``predictor_refit_interval`` gauge show
+  ``predictorctl status`` and the ``predictor_refit_interval_ticks`` gauge show
   it, and switching K compiled nothing;
 * **snapshot paths**: ``snapshot`` with ``../../../../tmp/x`` is refused and
   writes nothing outside the snapshot directory; a relative name inside it
@@ -142,8 +142,8 @@ def check_refit_interval_rises_under_load(
     assert all(c["reason"] == "latency" and c["new_depth"] == 2 for c in changes)
     metrics = scrape(status["endpoints"]["metrics"])
     deadline = time.monotonic() + 60  # gauges are exported once a second
-    while metrics[("predictor_refit_interval", ())] != 64:
-        assert time.monotonic() < deadline, "predictor_refit_interval gauge never showed 64"
+    while metrics[("predictor_refit_interval_ticks", ())] != 64:
+        assert time.monotonic() < deadline, "predictor_refit_interval_ticks gauge never showed 64"
         time.sleep(0.5)
         metrics = scrape(status["endpoints"]["metrics"])
     assert metrics[("predictor_shed_switches_total", (("direction", "down"),))] == 2

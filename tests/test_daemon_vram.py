@@ -107,7 +107,7 @@ def test_monitor_logs_each_band_crossing_once(monkeypatch: pytest.MonkeyPatch) -
         ("error", "vram_high", 0.95),  # 99
     ]
     assert (
-        registry.get_sample_value("predictor_device_memory_utilisation", {"device": "gpu:0"})
+        registry.get_sample_value("predictor_device_memory_utilisation_ratio", {"device": "gpu:0"})
         == 0.99
     )
     assert registry.get_sample_value("predictor_process_rss_bytes") == 123

@@ -75,7 +75,7 @@ def test_counters_move_between_scrapes(served: tuple[DaemonMetrics, MetricsServe
         ("predictor_assets", ()): 8,
         ("predictor_shed_level", ()): 1,
         ("predictor_shed_depth", ()): 2,
-        ("predictor_refit_interval", ()): 32,
+        ("predictor_refit_interval_ticks", ()): 32,
         ("predictor_jitter_p95_seconds", ()): 150e-6,
         ("predictor_jitter_p99_seconds", ()): 400e-6,
         ("predictor_snapshot_age_seconds", ()): 12.5,

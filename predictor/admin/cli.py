@@ -2,7 +2,7 @@
 
 Admin commands talk to the daemon's admin socket (``predictor.admin.client``):
 ``status``, ``snapshot [PATH]``, ``reload [--reinit]``, ``vram``, ``assets``,
-``shed [LEVEL|auto]``, ``drain``. Stream tools talk to its ZeroMQ sockets:
+``shed [LEVEL|auto]``, ``forget ASSET``, ``drain``. Stream tools talk to its ZeroMQ sockets:
 ``feed`` pushes ticks, ``watch`` prints predictions live.
 
 Global options, accepted before or after the subcommand: ``--json`` (machine
@@ -10,7 +10,8 @@ output: the daemon's reply object; JSON lines for ``watch``), ``--socket
 PATH`` (default ``$PREDICTOR_ADMIN_SOCKET``, else
 ``$RUNTIME_DIRECTORY/admin.sock``, else ``./run/admin.sock``), ``--timeout S``.
 
-Exit status: 0 success; 1 the daemon refused the command (``ok: false``), or
+Exit status: 0 success; 1 the daemon refused the command (``ok: false``),
+``forget`` named an asset the daemon does not hold, or
 ``watch --timeout`` passed before ``--count`` predictions arrived; 2 usage or
 connection errors. Every failure prints one line on stderr.
 """
@@ -225,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("level", nargs="?", metavar="LEVEL|auto", type=_shed_level)
     p = add(
+        "forget",
+        "drop one asset's state",
+        "Drop ASSET's state from the running daemon: its slot is freed, its shared-memory "
+        "record cleared, and the next snapshot no longer holds it; a later tick for ASSET "
+        "starts it again from a cold state (seq 1). Exit 1 if the daemon holds no such asset.",
+    )
+    p.add_argument("asset", metavar="ASSET", help="asset id")
+    p = add(
         "drain",
         "stop the daemon gracefully and wait for it to exit",
         "Graceful stop, as SIGTERM: answer every received tick, write the final snapshot, "
@@ -377,6 +386,24 @@ def _cmd_shed(args: argparse.Namespace, io: _Io) -> int:
     return EXIT_OK
 
 
+def _cmd_forget(args: argparse.Namespace, io: _Io) -> int:
+    with AdminClient(args.socket, timeout=args.timeout) as client:
+        reply = client.request("forget", asset=args.asset)
+    if io.as_json:
+        io.json(reply)
+    if reply["ok"] is not True:
+        io.fail(f"daemon refused forget: {reply.get('error', 'no reason given')}")
+        return EXIT_REFUSED
+    if reply.get("forgotten") is not True:
+        io.fail(
+            f"forget: predictord holds no asset {args.asset!r} (predictorctl assets lists them)"
+        )
+        return EXIT_REFUSED
+    if not io.as_json:
+        io.line(render.render_forget({"asset": args.asset, **reply}))
+    return EXIT_OK
+
+
 def _cmd_drain(args: argparse.Namespace, io: _Io) -> int:
     code = _admin(args, io, "drain", render.render_drain)
     if code != EXIT_OK or args.no_wait:
@@ -491,6 +518,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, _Io], int]] = {
     "vram": _cmd_vram,
     "assets": _cmd_assets,
     "shed": _cmd_shed,
+    "forget": _cmd_forget,
     "drain": _cmd_drain,
     "feed": _cmd_feed,
     "watch": _cmd_watch,

@@ -2,7 +2,8 @@
 
 One request per line, one reply per line, in order::
 
-    {"cmd": "status" | "snapshot" | "reload" | "vram" | "assets" | "shed" | "drain", ...}
+    {"cmd": "status" | "snapshot" | "reload" | "vram" | "assets" | "shed" | "forget"
+            | "drain", ...}
     -> {"ok": true, ...}  or  {"ok": false, "error": "<reason>"}
 
 Arguments per command (anything else is refused with the reason):
@@ -13,6 +14,8 @@ Arguments per command (anything else is refused with the reason):
   ``predictor.snapshots.resolve_snapshot_path``);
 * ``reload``: ``reinit`` (optional bool, default false);
 * ``shed``: ``level``, ``"auto"`` or an int signature depth of the ladder;
+* ``forget``: ``asset``, the id of the asset whose state is dropped (a
+  string of 1 to ``wire.ASSET_ID_MAX_BYTES`` UTF-8 bytes);
 * ``status``, ``vram``, ``assets``, ``drain``: none.
 
 A request line is at most ``MAX_REQUEST_BYTES`` bytes (newline excluded).
@@ -37,11 +40,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from predictor.ipc.wire import ASSET_ID_MAX_BYTES
+
 #: Largest request line in bytes (without the newline).
 MAX_REQUEST_BYTES = 64 * 1024
 
 COMMANDS: frozenset[str] = frozenset(
-    {"status", "snapshot", "reload", "vram", "assets", "shed", "drain"}
+    {"status", "snapshot", "reload", "vram", "assets", "shed", "forget", "drain"}
 )
 
 _ARGS: dict[str, frozenset[str]] = {
@@ -51,6 +56,7 @@ _ARGS: dict[str, frozenset[str]] = {
     "vram": frozenset(),
     "assets": frozenset(),
     "shed": frozenset({"level"}),
+    "forget": frozenset({"asset"}),
     "drain": frozenset(),
 }
 
@@ -124,6 +130,20 @@ def _check_args(cmd: str, args: Mapping[str, Any]) -> None:
         level = args["level"]
         if level != "auto" and (isinstance(level, bool) or not isinstance(level, int)):
             raise ProtocolError("shed: 'level' must be 'auto' or an integer depth")
+    if cmd == "forget" and not 0 < _utf8_length(args.get("asset")) <= ASSET_ID_MAX_BYTES:
+        raise ProtocolError(
+            f"forget: 'asset' must be an asset id of 1 to {ASSET_ID_MAX_BYTES} UTF-8 bytes"
+        )
+
+
+def _utf8_length(value: Any) -> int:
+    """Bytes of ``value`` in UTF-8; 0 for a non-string or one that has no UTF-8 form."""
+    if not isinstance(value, str):
+        return 0
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
+        return 0
 
 
 def json_safe(value: Any) -> Any:

@@ -308,6 +308,16 @@ def render_assets(r: Mapping[str, Any]) -> str:
     return table(headers, rows, right=(1, 2, 5))
 
 
+def render_forget(r: Mapping[str, Any]) -> str:
+    """The ``forget`` reply."""
+    asset = fmt(r.get("asset"))
+    if r.get("forgotten") is True:
+        return f"forgot {asset}: its state is dropped; its next tick starts it cold (seq 1)"
+    if r.get("forgotten") is False:
+        return f"no asset {asset}: nothing to forget"
+    return kv([(k, fmt(v)) for k, v in r.items() if k != "ok"])
+
+
 def render_drain(r: Mapping[str, Any]) -> str:
     """The ``drain`` reply."""
     if r.get("draining") is True:

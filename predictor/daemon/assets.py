@@ -39,9 +39,13 @@ step graphs, which depend on B only).
 Host-side metadata per slot (numpy, int64): ``seq`` (the last published
 sequence number of the asset, 0 before its first tick), ``last_ts`` (the
 last tick's timestamp, Unix ns) and ``last_mode`` (mode code of the last
-prediction, -1 before it). A snapshot stores the stacked state as it is
-(``capacity + 1`` rows, the pad row included) with ids, slots, seq and
-last_ts (``predictor.snapshots.assets``).
+prediction, -1 before it). Slots are always ``0 .. len - 1``: ``forget``
+moves the asset of the last slot into the freed one (its row, with the
+refit phase it carries, and its metadata) and resets the last slot to the
+cold state of a new asset there, which the next new asset takes. A
+snapshot stores the stacked state as it is (``capacity + 1`` rows, the pad
+row included) with ids, slots, seq and last_ts
+(``predictor.snapshots.assets``).
 """
 
 from __future__ import annotations
@@ -110,6 +114,18 @@ class _Padded(NamedTuple):
     refs: FloatArray
     tss: IntArray
     n: int
+
+
+class Released(NamedTuple):
+    """What ``AssetTable.release`` did: the freed slot, and the asset moved into it.
+
+    ``moved`` is None when the released asset held the last slot; otherwise
+    ``moved`` left slot ``last`` (now free) for slot ``slot``.
+    """
+
+    slot: int
+    last: int
+    moved: str | None
 
 
 class AssetLimitError(RuntimeError):
@@ -209,6 +225,46 @@ class AssetTable:
         self.ids[asset] = slot
         self.names.append(asset)
         return slot
+
+    def forget(self, asset: str) -> bool:
+        """Drop ``asset`` (``release``); False if the table does not hold it."""
+        return self.release(asset) is not None
+
+    def release(self, asset: str) -> Released | None:
+        """Drop ``asset`` and keep the slots contiguous (see the module docstring).
+
+        Two scatters of the smallest bucket's shape (compiled by
+        ``warm_gather_scatter``, so nothing compiles): the last slot's row
+        into the freed slot, then a cold row (phase ``last``) into the last
+        slot. Returns None for an unknown asset.
+        """
+        slot = self.ids.pop(asset, None)
+        if slot is None:
+            return None
+        last = len(self.names) - 1
+        b = self.buckets[0]
+        drop = np.full(b, self.capacity + 1, np.int32)
+        moved = None
+        if slot != last:
+            moved = self.names[last]
+            idx = np.full(b, self.pad_row, np.int32)
+            idx[0] = last
+            rows = _GATHER(self.stacked, idx)
+            sidx = drop.copy()
+            sidx[0] = slot
+            self.stacked = _SCATTER(self.stacked, sidx, rows)
+            self.names[slot] = moved
+            self.ids[moved] = slot
+            for meta in (self.seq, self.last_ts, self.last_mode):
+                meta[slot] = meta[last]
+        sidx = drop.copy()
+        sidx[0] = last
+        self.stacked = _SCATTER(self.stacked, sidx, self.fp.cold_rows(b, first_phase=last))
+        self.names.pop()
+        self.seq[last] = 0
+        self.last_ts[last] = 0
+        self.last_mode[last] = -1
+        return Released(slot, last, moved)
 
     def grow(self, needed: int) -> None:
         """Capacity ``max(needed, 2 * capacity)`` (capped at ``max_assets``), states kept."""

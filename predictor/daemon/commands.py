@@ -27,7 +27,7 @@ Reply = Future[dict[str, Any]]
 Handler = Callable[[Request, Reply], "dict[str, Any] | None"]
 
 #: Admin commands that change something: logged at info (queries at debug).
-MUTATING_COMMANDS = frozenset({"snapshot", "reload", "shed", "drain"})
+MUTATING_COMMANDS = frozenset({"snapshot", "reload", "shed", "forget", "drain"})
 #: Admin commands run per loop iteration (the rest wait for the next one).
 MAX_COMMANDS_PER_ITERATION = 8
 

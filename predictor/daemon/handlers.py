@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from structlog.typing import FilteringBoundLogger
+
 from predictor.admin.protocol import Request, error, ok
 from predictor.daemon.commands import Handler, Reply
 from predictor.daemon.engine import Engine, shed_command
+from predictor.daemon.forget import forget_asset
 from predictor.daemon.shedder import LevelChange
 from predictor.daemon.warmup import Progress
 
@@ -27,6 +30,7 @@ class Target(Protocol):
 
     engine: Engine | None
     progress: Progress
+    log: FilteringBoundLogger
 
     def status(self) -> dict[str, Any]:
         """The ``status`` reply's fields."""
@@ -62,6 +66,12 @@ def make_handlers(target: Target) -> dict[str, Handler]:
     def shed(engine: Engine, request: Request, _future: Reply) -> dict[str, Any]:
         return shed_command(engine.model, request.args["level"], target.shed_changed)
 
+    def forget(engine: Engine, request: Request, _future: Reply) -> dict[str, Any]:
+        table, metrics = engine.table, engine.pipeline.metrics
+        asset = request.args["asset"]
+        forgotten = forget_asset(table, engine.shm, metrics, target.log, asset)
+        return ok(asset=asset, forgotten=forgotten)
+
     def drain(_request: Request, _future: Reply) -> dict[str, Any]:
         target.request_stop("admin drain")
         return ok(draining=True)
@@ -72,5 +82,6 @@ def make_handlers(target: Target) -> dict[str, Handler]:
         "snapshot": needs_engine(snapshot),
         "reload": needs_engine(reload),
         "shed": needs_engine(shed),
+        "forget": needs_engine(forget),
         "drain": drain,
     }

@@ -3,7 +3,10 @@
 Every metric lives in a dedicated ``CollectorRegistry`` (never the global
 one), so tests and several daemons in one process do not collide, and the
 exposition holds only the daemon's metrics. Names carry the ``predictor_``
-prefix; times are in seconds, as Prometheus convention asks.
+prefix and follow the Prometheus naming guide: base units as suffixes
+(``_seconds``, ``_bytes``; ``_ticks`` for an interval counted in ticks),
+counters end in ``_total`` (``prometheus_client`` appends it), points in
+time are ``_timestamp_seconds`` (Unix time), fractions in 0..1 ``_ratio``.
 
 Exposition: ``start_http(registry, host, port)`` serves ``/metrics`` from a
 daemon thread; ``port=0`` binds a free port, returned in ``MetricsServer.port``.
@@ -149,7 +152,7 @@ class DaemonMetrics:
             "shed_depth", "Signature depth of the current level.", namespace=ns, registry=r
         )
         self.refit_interval = Gauge(
-            "refit_interval",
+            "refit_interval_ticks",
             "Ticks between refits of the cached fits (K) in force; load shedding may raise it.",
             namespace=ns,
             registry=r,
@@ -195,7 +198,10 @@ class DaemonMetrics:
             registry=r,
         )
         self.up_since = Gauge(
-            "start_time_seconds", "Unix time the daemon started.", namespace=ns, registry=r
+            "start_timestamp_seconds",
+            "Unix time (seconds) the daemon started.",
+            namespace=ns,
+            registry=r,
         )
 
         for reason in reasons:

@@ -11,7 +11,7 @@
 
 ``VramMonitor`` samples every ``interval_s`` seconds on a daemon thread,
 exports gauges (``predictor_device_memory_used_bytes``,
-``predictor_device_memory_limit_bytes``, ``predictor_device_memory_utilisation``
+``predictor_device_memory_limit_bytes``, ``predictor_device_memory_utilisation_ratio``
 per device, ``predictor_process_rss_bytes``) and logs ``vram_high`` at
 warning level when a device's use ``used / limit`` crosses 85 %, and at
 error level when it crosses 95 % (once per crossing, again only after the
@@ -144,7 +144,7 @@ class VramMonitor:
             registry=registry,
         )
         self.util = Gauge(
-            "device_memory_utilisation",
+            "device_memory_utilisation_ratio",
             "Device memory in use / available (0..1).",
             ["device"],
             namespace=namespace,

@@ -125,6 +125,8 @@ FIELDS = (
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 
 assert PAYLOAD_OFF + PAYLOAD.size <= RECORD_SIZE
+#: Payload of a cleared record: asset id length 0 (``unpack_record`` -> None).
+EMPTY_PAYLOAD = bytes(PAYLOAD.size)
 assert HEADER.size == HEADER_SIZE
 
 
@@ -384,6 +386,36 @@ class LatestWriter:
             self.ensure_capacity(slot + 1)
         return raw_id
 
+    def payload_of(self, slot: int) -> bytes | None:
+        """The payload of record ``slot``, or None if it was never written.
+
+        The writer is the segment's only writer, so its own copy cannot be torn.
+        """
+        mm = self._mm
+        if mm is None or slot >= self._capacity:
+            return None
+        off = HEADER_SIZE + slot * RECORD_SIZE
+        if mm[off : off + 8] == bytes(8):
+            return None
+        return bytes(mm[off + PAYLOAD_OFF : off + PAYLOAD_OFF + PAYLOAD.size])
+
+    def clear(self, slot: int) -> None:
+        """Mark record ``slot`` empty (readers then see no record there)."""
+        if self.payload_of(slot) is not None:
+            self._store(slot, EMPTY_PAYLOAD)
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy record ``src`` to slot ``dst``, then clear ``src``.
+
+        In this order a reader finds the moved asset at every moment.
+        """
+        payload = self.payload_of(src)
+        if payload is None:
+            self.clear(dst)
+            return
+        self._store(dst, payload)
+        self._store(src, EMPTY_PAYLOAD)
+
     def _store(self, slot: int, payload: bytes) -> None:
         """Seqlock write: lock odd, checksum + payload, lock even."""
         crc = zlib.crc32(payload)
@@ -552,7 +584,9 @@ class LatestReader:
             return None
         slot = self._index.get(asset)
         if slot is None:
-            self._scan()
+            # A forgotten asset's slot can be reused below the high-water mark,
+            # which a scan limited to new slots would not see: rescan on a miss.
+            self._scan(force=True)
             slot = self._index.get(asset)
             if slot is None:
                 return None
