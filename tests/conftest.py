@@ -1,17 +1,18 @@
 """Test-wide settings: CPU JAX with float64, as in production on this machine.
 
-Compiled graphs go to a persistent XLA cache shared by the xdist workers and
-by the daemon subprocesses the tests start, so each graph of a session is
-compiled once rather than once per process.
+Compiled graphs go to a persistent XLA cache (``build/test-jax-cache`` of this
+checkout) shared by the xdist workers and by the daemon subprocesses the
+tests start, so each graph is compiled once rather than once per process.
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One cache per checkout (under its build/ directory): entries never travel
+# between trees or sessions of other checkouts on the same host.
 os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "predictor-test-jax-cache")
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).parent.parent / "build" / "test-jax-cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # A size limit turns on the cache's file lock: without it an entry is written

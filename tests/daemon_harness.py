@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -58,7 +57,7 @@ CHEAP_MODEL: dict[str, Any] = {
     "log_sig_depth": 2,
 }
 #: Persistent XLA compilation cache shared by the session's processes.
-JAX_CACHE = Path(tempfile.gettempdir()) / "predictor-test-jax-cache"
+JAX_CACHE = Path(__file__).resolve().parent.parent / "build" / "test-jax-cache"
 #: Size limit of the shared cache (it also turns on the cache's file lock).
 CACHE_MAX_BYTES = 8 << 30
 #: Generous: the first daemon of a session compiles every graph on a busy CPU.
