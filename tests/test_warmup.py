@@ -57,6 +57,9 @@ def test_kernels_forecast_from_min_history_and_warming_up_until_the_window_is_fu
     # Before min_history ticks: the last value, uniform weights.
     np.testing.assert_array_equal(point[: m - 1], ys[: m - 1])
     np.testing.assert_array_equal(np.asarray(outs.weights)[: m - 1], 0.25)
+    # The detector is silent while cold, and says so: no drift reported.
+    np.testing.assert_array_equal(np.asarray(outs.cusum_drift)[: m - 1], 0.0)
+    assert not np.asarray(outs.regime_change_detected)[: m - 1].any()
     # From then on: the ensemble, and a forecast that is not the last value.
     assert np.all(point[m - 1 : N] != ys[m - 1 : N])
     assert np.all(np.isfinite(point)) and np.all(np.isfinite(np.asarray(outs.interval_upper)))

@@ -348,8 +348,9 @@ def combine(
     out = StepOutput(
         predicted_next=p_next,
         holder_exponent=bo.holder,
-        cusum_drift=cus.drift,
-        distance_to_collapse=cus.distance,
+        # While cold the detector is silent: it reports no drift rather than one it ignores.
+        cusum_drift=jnp.where(cold, 0.0, cus.drift),
+        distance_to_collapse=jnp.where(cold, cus.threshold, cus.distance),
         free_energy=o.free_energy,
         kurtosis=res.kappa,
         dgm_entropy=fit.kernel_b.dgm_entropy,
