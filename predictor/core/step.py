@@ -21,7 +21,8 @@ are in window-standard units ``z = (y - mean_w) / std_w``.
    the AR coefficients on the current lags; B: the cached solution's drift
    at the current point; C: the cached drift and jumps from z_t; D: the
    log-signature of the last L points and one recursive least-squares
-   update), the cached Hölder exponent for the circuit breaker, and the
+   update), the circuit breaker (the newest point's Hölder exponent against
+   the series' baseline, ``predictor.core.breaker``), and the
    orchestrator's JKO step on the losses.
 4. ``refit_due``: the tick count is congruent to the asset's phase modulo
    K = ``refit_interval``, or the window is filling and its history just
