@@ -90,6 +90,11 @@ DEFAULT_CONFIG = PredictorConfig(clock="event")
 SHORT_CONFIG = PredictorConfig(clock="event", wtmm_buffer_size=32, wiener_order=7)
 
 
+def config_for(ys: FloatArray) -> PredictorConfig:
+    """The shipped config, or the short-window one for a series under four windows."""
+    return SHORT_CONFIG if ys.size < 4 * DEFAULT_CONFIG.wtmm_buffer_size else DEFAULT_CONFIG
+
+
 def log(msg: str) -> None:
     """Progress on stderr (stdout carries the markdown tables)."""
     print(msg, file=sys.stderr, flush=True)
@@ -652,7 +657,7 @@ def real_section(max_len: int | None) -> list[str]:
     details: list[str] = []
     for series in real_series():
         ys = series.ys if max_len is None else series.ys[:max_len]
-        cfg = SHORT_CONFIG if ys.size < 4 * DEFAULT_CONFIG.wtmm_buffer_size else DEFAULT_CONFIG
+        cfg = config_for(ys)
         start, stop = 2 * cfg.wtmm_buffer_size, ys.size - 1
         log(f"accuracy: {series.name} ({ys.size} values, window {cfg.wtmm_buffer_size})")
         models, walk = all_forecasts(ys, cfg, series.river)

@@ -48,12 +48,12 @@ from bench.accuracy import (
     DEFAULT_CONFIG,
     SHORT_CONFIG,
     Walk,
+    config_for,
     log,
     real_series,
     synthetic_cases,
     walk_forward,
 )
-from predictor.config import PredictorConfig
 
 FloatArray = np.ndarray
 KERNELS = ("A", "B", "C", "D")
@@ -61,11 +61,6 @@ KERNELS = ("A", "B", "C", "D")
 MAX_EMERGENCY = 0.01
 MAX_COLLAPSE = 0.01
 MAX_VS_BEST_KERNEL = 1.02
-
-
-def config_for(ys: FloatArray) -> PredictorConfig:
-    """The accuracy benchmark's choice: the short window under four default windows."""
-    return SHORT_CONFIG if ys.size < 4 * DEFAULT_CONFIG.wtmm_buffer_size else DEFAULT_CONFIG
 
 
 def _loss(err: FloatArray, kind: str) -> float:
@@ -183,21 +178,13 @@ def warmup_section() -> list[str]:
     ]
 
 
-def multifractional(rng: np.random.Generator, segments: Sequence[tuple[int, float]]) -> FloatArray:
-    """Path on [0, 1] with piecewise Hölder exponent: increments ``dt^H fGn_H``."""
-    n = sum(length for length, _ in segments)
-    dt = 1.0 / n
-    parts = [P.fgn(rng, length, h) * dt**h for length, h in segments]
-    return np.cumsum(np.concatenate(parts))
-
-
 def rough_section(seeds: int) -> list[str]:
     start, length, end_len = 600, 100, 300
     entered = left = 0
     delays: list[int] = []
     outside = []
     for seed in range(seeds):
-        ys = multifractional(
+        ys = P.multifractional(
             np.random.default_rng(100 + seed), [(start, 0.5), (length, 0.1), (end_len, 0.5)]
         )
         walk = walk_forward(ys, DEFAULT_CONFIG)

@@ -20,6 +20,7 @@ steps of ``dt`` (default 1); returned arrays are float64.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,18 @@ def fbm(rng: np.random.Generator, n: int, h: float, sigma: float = 1.0) -> Float
     ``B_H(t)`` has ``Var B_H(t) = sigma^2 t^(2H)`` (``B_H(0) = 0`` is omitted).
     """
     return np.cumsum(fgn(rng, n, h, sigma))
+
+
+def multifractional(rng: np.random.Generator, segments: Sequence[tuple[int, float]]) -> FloatArray:
+    """Path on [0, 1] with a piecewise Hölder exponent, one tick per grid step.
+
+    ``segments`` are ``(ticks, H)`` pairs; with ``n`` ticks in all and
+    ``dt = 1 / n``, each segment's increments are ``dt^H`` times fractional
+    Gaussian noise of its H: on a common time grid a rougher segment moves
+    more per tick, as a multifractional Brownian motion does.
+    """
+    dt = 1.0 / sum(length for length, _ in segments)
+    return np.cumsum(np.concatenate([fgn(rng, length, h) * dt**h for length, h in segments]))
 
 
 def brownian(rng: np.random.Generator, n: int, sigma: float = 1.0, dt: float = 1.0) -> FloatArray:

@@ -93,18 +93,10 @@ def test_unarmed_breaker_never_opens() -> None:
 # --- through the whole predictor --------------------------------------------------
 
 
-def _multifractional(rng: np.random.Generator, segments: list[tuple[int, float]]) -> np.ndarray:
-    """Path on [0, 1] with piecewise Hölder exponent: increments ``dt^H`` fGn_H."""
-    from predictor.synthetic import fgn
-
-    dt = 1.0 / sum(n for n, _ in segments)
-    return np.cumsum(np.concatenate([fgn(rng, n, h) * dt**h for n, h in segments]))
-
-
 def test_predictor_opens_on_a_rough_segment_and_stays_closed_on_ordinary_paths() -> None:
     from predictor.config import PredictorConfig
     from predictor.core.functional import FunctionalPredictor
-    from predictor.synthetic import ar1, fbm
+    from predictor.synthetic import ar1, fbm, multifractional
 
     pred = FunctionalPredictor(PredictorConfig(clock="event"), warmup=False)
     rng = np.random.default_rng(21)
@@ -116,7 +108,7 @@ def test_predictor_opens_on_a_rough_segment_and_stays_closed_on_ordinary_paths()
     ):
         _, outs = pred.scan(pred.init_state(), ys)
         assert not np.asarray(outs.emergency_mode).any()
-    ys = _multifractional(rng, [(500, 0.5), (100, 0.1), (200, 0.5)])
+    ys = multifractional(rng, [(500, 0.5), (100, 0.1), (200, 0.5)])
     _, outs = pred.scan(pred.init_state(), ys)
     em = np.asarray(outs.emergency_mode)
     assert not em[:500].any() and em[500:520].any()
